@@ -1,0 +1,76 @@
+//! The HTTP/1.1 server every worker runs by default.
+//!
+//! Requests are parsed with `httparse`; responses are produced in order (pipelining), bodies are
+//! read and discarded (`Content-Length` or chunked), keep-alive follows HTTP/1.0 and 1.1 rules.
+//! Malformed input gets a `4xx`/`5xx` status and the connection is closed; no client byte can
+//! panic the worker.
+
+mod conn;
+mod request;
+mod response;
+mod routes;
+
+use std::time::Duration;
+
+use mio::net::TcpStream;
+
+pub use conn::HttpConn;
+pub use request::{parse, Body, Head, Reject};
+pub use response::{reason, DateCache};
+
+use crate::worker::{Context, Handler};
+
+/// Limits and timeouts of the HTTP server.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest request head (request line and headers); larger is answered `431`.
+    pub max_head: usize,
+    /// Time allowed to send a complete request head, from the first byte (slowloris guard).
+    pub header_timeout: Duration,
+    /// Time an idle keep-alive connection is kept open.
+    pub keepalive_timeout: Duration,
+    /// Requests served on one connection before it is closed (0: no limit).
+    pub max_requests: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_head: 8 * 1024,
+            header_timeout: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(5),
+            max_requests: 0,
+        }
+    }
+}
+
+/// The default handler: `GET /` answers `Hello World! <pid>`, plus the benchmark workloads.
+#[derive(Debug)]
+pub struct HttpHandler {
+    limits: Limits,
+    shared: conn::Shared,
+}
+
+impl HttpHandler {
+    /// A server with the given limits.
+    pub fn new(limits: Limits) -> HttpHandler {
+        HttpHandler {
+            shared: conn::Shared::new(),
+            limits,
+        }
+    }
+}
+
+impl Default for HttpHandler {
+    fn default() -> Self {
+        HttpHandler::new(Limits::default())
+    }
+}
+
+impl Handler for HttpHandler {
+    type Conn = HttpConn;
+
+    fn connect(&mut self, stream: TcpStream, ctx: &mut Context) -> HttpConn {
+        HttpConn::new(stream, self.limits.clone(), self.shared.clone(), ctx.now())
+    }
+}

@@ -1,0 +1,85 @@
+//! The routes: `/` (hello), `/work?us=N` (burn CPU), `/bytes?n=N` (a body of N bytes).
+
+use std::time::{Duration, Instant};
+
+/// Most CPU time `/work` burns for one request.
+pub const MAX_WORK: Duration = Duration::from_secs(1);
+/// Largest body `/bytes` answers.
+pub const MAX_BYTES: u64 = 64 * 1024 * 1024;
+
+/// What a route answers.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// A status and a small body.
+    Text(u16, Vec<u8>),
+    /// `200` with a body of this many bytes, streamed.
+    Bytes(u64),
+}
+
+fn query_u64(target: &str, key: &str) -> Option<u64> {
+    let (_, q) = target.split_once('?')?;
+    q.split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == key)
+        .and_then(|(_, v)| v.parse().ok())
+}
+
+/// Routes one request.
+pub fn route(method: &str, target: &str, hello: &[u8]) -> Reply {
+    if method != "GET" && method != "HEAD" {
+        return Reply::Text(405, b"method not allowed\n".to_vec());
+    }
+    let path = target.split('?').next().unwrap_or("");
+    match path {
+        "/" => Reply::Text(200, hello.to_vec()),
+        "/work" => {
+            let us = query_u64(target, "us").unwrap_or(0);
+            let spent = burn(Duration::from_micros(us).min(MAX_WORK));
+            Reply::Text(
+                200,
+                format!("{} worked {}us\n", std::process::id(), spent.as_micros()).into_bytes(),
+            )
+        }
+        "/bytes" => Reply::Bytes(query_u64(target, "n").unwrap_or(0).min(MAX_BYTES)),
+        _ => Reply::Text(404, b"not found\n".to_vec()),
+    }
+}
+
+/// Spins on the CPU for `d` (the CPU-bound handler the Node cluster article is about).
+fn burn(d: Duration) -> Duration {
+    let start = Instant::now();
+    let mut x: u64 = 1;
+    while start.elapsed() < d {
+        for _ in 0..256 {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+        }
+    }
+    start.elapsed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_and_caps() {
+        assert_eq!(route("GET", "/", b"hi"), Reply::Text(200, b"hi".to_vec()));
+        assert_eq!(route("GET", "/nope", b"hi").status(), 404);
+        assert_eq!(route("POST", "/", b"hi").status(), 405);
+        assert_eq!(route("GET", "/bytes?n=10", b""), Reply::Bytes(10));
+        assert_eq!(
+            route("GET", "/bytes?n=999999999999", b""),
+            Reply::Bytes(MAX_BYTES)
+        );
+        assert_eq!(route("GET", "/work?us=100", b"").status(), 200);
+    }
+
+    impl Reply {
+        fn status(&self) -> u16 {
+            match self {
+                Reply::Text(s, _) => *s,
+                Reply::Bytes(_) => 200,
+            }
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! `herd`: the command line over the library. `herd serve` (the default) runs the server.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use herd::http::{HttpHandler, Limits};
+use herd::{Cluster, Policy};
+
+/// Node's cluster module, rebuilt in Rust: a primary that hands connections to worker processes.
+#[derive(Debug, Parser)]
+#[command(name = "herd", version, about, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server (the default).
+    Serve(ServeArgs),
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 30s, 500ms, 2m)"))
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Worker processes [default: one per core]
+    #[arg(long, env = "HERD_WORKERS", value_parser = clap::value_parser!(u16).range(1..))]
+    workers: Option<u16>,
+    /// Address to listen on
+    #[arg(long, env = "HOST", default_value = "0.0.0.0")]
+    host: String,
+    /// Port to listen on (0: an ephemeral port)
+    #[arg(long, env = "PORT", default_value_t = 3000)]
+    port: u16,
+    /// Scheduling policy: round-robin (rr), least-connections, shared (none), reuseport
+    #[arg(long, env = "HERD_POLICY", default_value = "round-robin")]
+    policy: Policy,
+    /// Time workers get to finish in-flight requests on shutdown
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    shutdown_timeout: Duration,
+    /// Connections a worker may hold unacked (1: Node's behaviour)
+    #[arg(long, env = "HERD_HANDOFF_WINDOW", default_value_t = herd::DEFAULT_HANDOFF_WINDOW as u32, value_parser = clap::value_parser!(u32).range(1..))]
+    handoff_window: u32,
+    /// Largest request head in bytes (larger: 431)
+    #[arg(long, default_value_t = 8 * 1024)]
+    max_head_bytes: usize,
+    /// Time allowed to send a request head (slowloris guard; then 408)
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    header_timeout: Duration,
+    /// Time an idle keep-alive connection stays open
+    #[arg(long, default_value = "5s", value_parser = duration)]
+    keepalive_timeout: Duration,
+    /// Requests served on one connection before it is closed (0: no limit)
+    #[arg(long, default_value_t = 0)]
+    max_requests_per_conn: u64,
+}
+
+impl ServeArgs {
+    fn addr(&self) -> Result<SocketAddr, String> {
+        (self.host.as_str(), self.port)
+            .to_socket_addrs()
+            .map_err(|e| format!("invalid --host '{}': {e}", self.host))?
+            .next()
+            .ok_or_else(|| format!("invalid --host '{}': no address", self.host))
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            max_head: self.max_head_bytes,
+            header_timeout: self.header_timeout,
+            keepalive_timeout: self.keepalive_timeout,
+            max_requests: self.max_requests_per_conn,
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> Result<(), String> {
+    let limits = args.limits();
+    let mut cluster = Cluster::new()
+        .addr(args.addr()?)
+        .policy(args.policy)
+        .shutdown_timeout(args.shutdown_timeout)
+        .handoff_window(args.handoff_window as usize);
+    if let Some(n) = args.workers {
+        cluster = cluster.workers(n as usize);
+    }
+    cluster
+        .run(|| HttpHandler::new(limits))
+        .map_err(|e| e.to_string())
+}
+
+/// Parses the command line; errors are one line (`error: ...`) and exit 2, like any tool.
+fn parse() -> Result<Cli, ExitCode> {
+    Cli::try_parse().map_err(|e| {
+        use clap::error::ErrorKind;
+        if matches!(
+            e.kind(),
+            ErrorKind::DisplayHelp
+                | ErrorKind::DisplayVersion
+                | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+        ) {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        let text = e.to_string();
+        let first = text.lines().next().unwrap_or("error: invalid arguments");
+        eprintln!("{first} (see 'herd --help')");
+        ExitCode::from(2)
+    })
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = match parse() {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let result = match cli.command {
+        Some(Command::Serve(a)) => serve(a),
+        None => serve(cli.serve),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,509 @@
+//! The worker process: its own `mio` loop, its side of the channel, and the connections it serves.
+//!
+//! A worker reads its channel, takes each socket the primary passes (or accepts on the listeners
+//! it was given, for `shared` and `reuseport`), acks what it took in one batch per loop turn
+//! *before* reading a byte from those sockets, and drives each connection through a [`Handler`].
+
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
+
+use mio::net::{TcpListener, TcpStream};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use nix::sys::signal::Signal;
+use slab::Slab;
+
+use crate::ipc::{Channel, IpcError, Outbox, ToPrimary, ToWorker, WorkerStats, MAX_ACK_IDS};
+use crate::signals::{self, Signals};
+
+/// Environment variable holding the worker's id (1-based slot number), like `NODE_UNIQUE_ID`.
+pub const ENV_WORKER_ID: &str = "HERD_WORKER_ID";
+/// Environment variable holding the inherited channel descriptor number.
+pub const ENV_CHANNEL_FD: &str = "HERD_CHANNEL_FD";
+/// Environment variable: report closed connections promptly (set for least-connections).
+pub const ENV_REPORT_CLOSES: &str = "HERD_REPORT_CLOSES";
+/// Testing only: exit after receiving this many connections, without acking the last one.
+pub const ENV_FAULT_EXIT_AFTER: &str = "HERD_FAULT_EXIT_AFTER";
+/// Testing only: exit with status 3 at start, before coming online.
+pub const ENV_FAULT_FAIL_START: &str = "HERD_FAULT_FAIL_START";
+
+const CHANNEL: Token = Token(0);
+const SIGNALS: Token = Token(1);
+const FIRST_LISTENER: usize = 2;
+const MAX_LISTENERS: usize = 62;
+const FIRST_CONN: usize = FIRST_LISTENER + MAX_LISTENERS;
+/// How often idle connections are checked against their deadlines.
+const SWEEP_EVERY: Duration = Duration::from_millis(250);
+
+/// What a connection wants after an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Keep the connection; wait for the next readiness event.
+    Open,
+    /// Close the connection now.
+    Close,
+}
+
+/// Per-worker state shared with handlers: counters, the channel to the primary, the clock.
+#[derive(Debug)]
+pub struct Context {
+    id: usize,
+    requests: u64,
+    draining: bool,
+    now: Instant,
+    outbox: Outbox,
+}
+
+impl Context {
+    /// This worker's id (1-based slot number; a respawned worker keeps its slot's id).
+    pub fn worker_id(&self) -> usize {
+        self.id
+    }
+
+    /// Counts one served request (or unit of work) in the worker's statistics.
+    pub fn count_request(&mut self) {
+        self.requests += 1;
+    }
+
+    /// True once the worker is shutting down: finish the request in flight, then close.
+    pub fn draining(&self) -> bool {
+        self.draining
+    }
+
+    /// The time the current loop turn started.
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    /// Sends a message to the primary, where it arrives as a `message` event. Ordered, framed,
+    /// at most [`crate::ipc::MAX_MESSAGE`] bytes.
+    pub fn send(&mut self, payload: Vec<u8>) -> Result<(), IpcError> {
+        let bytes = ToPrimary::Message(payload).encode()?;
+        self.outbox.push(bytes);
+        Ok(())
+    }
+}
+
+/// One connection's state, driven by readiness events from the worker's loop.
+///
+/// The socket is registered edge-triggered for both reading and writing, so [`Connection::ready`]
+/// must read and write until the OS says `WouldBlock` (or the connection is done).
+pub trait Connection {
+    /// The socket, so the loop can register and deregister it.
+    fn stream(&mut self) -> &mut TcpStream;
+
+    /// The socket became readable and/or writable: make progress.
+    fn ready(&mut self, ctx: &mut Context) -> Status;
+
+    /// When this connection should be timed out, if ever (checked a few times a second).
+    fn deadline(&self) -> Option<Instant> {
+        None
+    }
+
+    /// The deadline passed: answer (for example `408`) or close.
+    fn timed_out(&mut self, _ctx: &mut Context) -> Status {
+        Status::Close
+    }
+
+    /// The worker is shutting down: close if idle, else finish the request in flight and close.
+    fn drain(&mut self, _ctx: &mut Context) -> Status {
+        Status::Close
+    }
+}
+
+/// What a worker runs: makes a [`Connection`] for every socket it is given.
+pub trait Handler {
+    /// The per-connection state.
+    type Conn: Connection;
+
+    /// A new connection arrived (already non-blocking; not yet registered).
+    fn connect(&mut self, stream: TcpStream, ctx: &mut Context) -> Self::Conn;
+
+    /// A message from the primary (`Worker::send` there).
+    fn message(&mut self, _payload: Vec<u8>, _ctx: &mut Context) {}
+}
+
+/// Errors that end a worker.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The process was not started by a herd primary.
+    #[error("not a herd worker: {0} is not set or not valid")]
+    NotAWorker(&'static str),
+    /// The event loop or channel failed.
+    #[error("worker i/o: {0}")]
+    Io(#[from] io::Error),
+    /// The channel carried something unexpected.
+    #[error(transparent)]
+    Ipc(#[from] IpcError),
+}
+
+/// This process's worker id, if it was started by a herd primary.
+pub fn worker_id() -> Option<usize> {
+    std::env::var(ENV_WORKER_ID).ok()?.parse().ok()
+}
+
+fn env_flag(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| v == "1")
+}
+
+fn env_number(name: &str) -> Option<u64> {
+    std::env::var(name).ok()?.parse().ok()
+}
+
+/// Runs this process as a worker until it is told to stop (or its primary goes away).
+///
+/// Returns when the worker has drained; the caller exits the process.
+pub fn run<H: Handler>(handler: H) -> Result<(), WorkerError> {
+    let id = worker_id().ok_or(WorkerError::NotAWorker(ENV_WORKER_ID))?;
+    let fd: RawFd = std::env::var(ENV_CHANNEL_FD)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .ok_or(WorkerError::NotAWorker(ENV_CHANNEL_FD))?;
+    if env_flag(ENV_FAULT_FAIL_START) {
+        log::error!(
+            "worker {} failing at start ({ENV_FAULT_FAIL_START})",
+            std::process::id()
+        );
+        std::process::exit(3);
+    }
+    // SAFETY: the primary passed this descriptor to us, open, under this number; we are its
+    // only owner in this process.
+    let channel = Channel::from_inherited(unsafe { OwnedFd::from_raw_fd(fd) })?;
+    Runtime::new(id, channel, handler)?.run()
+}
+
+struct Runtime<H: Handler> {
+    poll: Poll,
+    channel: Channel,
+    signals: Signals,
+    handler: H,
+    ctx: Context,
+    conns: Slab<H::Conn>,
+    listeners: Vec<TcpListener>,
+    /// Taken in this turn, registered once their ack has left.
+    taken: Vec<TcpStream>,
+    acks: Vec<u64>,
+    received: u64,
+    connections: u64,
+    closed_unreported: u32,
+    report_closes: bool,
+    fault_exit_after: Option<u64>,
+    primary_gone: bool,
+    next_sweep: Instant,
+}
+
+impl<H: Handler> Runtime<H> {
+    fn new(id: usize, channel: Channel, handler: H) -> io::Result<Self> {
+        signals::ignore_sigpipe();
+        let signals = Signals::new(&[Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP])?;
+        let poll = Poll::new()?;
+        poll.registry().register(
+            &mut SourceFd(&channel.raw_fd()),
+            CHANNEL,
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        poll.registry().register(
+            &mut SourceFd(&signals.raw_fd()),
+            SIGNALS,
+            Interest::READABLE,
+        )?;
+        let now = Instant::now();
+        Ok(Runtime {
+            poll,
+            channel,
+            signals,
+            handler,
+            ctx: Context {
+                id,
+                requests: 0,
+                draining: false,
+                now,
+                outbox: Outbox::default(),
+            },
+            conns: Slab::new(),
+            listeners: Vec::new(),
+            taken: Vec::new(),
+            acks: Vec::new(),
+            received: 0,
+            connections: 0,
+            closed_unreported: 0,
+            report_closes: env_flag(ENV_REPORT_CLOSES),
+            fault_exit_after: env_number(ENV_FAULT_EXIT_AFTER),
+            primary_gone: false,
+            next_sweep: now + SWEEP_EVERY,
+        })
+    }
+
+    fn run(mut self) -> Result<(), WorkerError> {
+        log::info!("worker {} started", std::process::id());
+        self.push(ToPrimary::Online)?;
+        self.flush();
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = if self.conns.is_empty() {
+                None
+            } else {
+                Some(SWEEP_EVERY)
+            };
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e.into());
+                }
+            }
+            self.ctx.now = Instant::now();
+            for ev in events.iter() {
+                match ev.token() {
+                    CHANNEL => {
+                        if ev.is_readable() || ev.is_read_closed() {
+                            self.read_channel()?;
+                        }
+                    }
+                    SIGNALS => self.on_signals(),
+                    Token(t) if t < FIRST_CONN => self.accept(t - FIRST_LISTENER),
+                    Token(t) => self.conn_ready(t - FIRST_CONN),
+                }
+            }
+            self.finish_turn()?;
+            if self.ctx.draining && self.conns.is_empty() && self.taken.is_empty() {
+                break;
+            }
+        }
+        self.push(ToPrimary::Stats(self.stats()))?;
+        self.flush();
+        log::debug!("worker {} drained, exiting", std::process::id());
+        Ok(())
+    }
+
+    fn push(&mut self, msg: ToPrimary) -> Result<(), IpcError> {
+        let bytes = msg.encode()?;
+        self.ctx.outbox.push(bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) {
+        if self.primary_gone {
+            return;
+        }
+        if let Err(e) = self.ctx.outbox.flush(&self.channel) {
+            log::debug!(
+                "worker {}: channel to primary closed: {e}",
+                std::process::id()
+            );
+            self.primary_gone();
+        }
+    }
+
+    fn primary_gone(&mut self) {
+        self.primary_gone = true;
+        let _ = self
+            .poll
+            .registry()
+            .deregister(&mut SourceFd(&self.channel.raw_fd()));
+        self.start_drain();
+    }
+
+    fn stats(&self) -> WorkerStats {
+        WorkerStats {
+            connections: self.connections,
+            open: self.conns.len() as u64,
+            requests: self.ctx.requests,
+        }
+    }
+
+    /// Acks what this turn took, registers it once the ack has left, reports closes, sweeps.
+    fn finish_turn(&mut self) -> Result<(), WorkerError> {
+        for chunk in self.acks.chunks(MAX_ACK_IDS) {
+            let bytes = ToPrimary::Ack(chunk.to_vec()).encode()?;
+            self.ctx.outbox.push(bytes);
+        }
+        self.acks.clear();
+        if self.report_closes && self.closed_unreported > 0 {
+            let n = std::mem::take(&mut self.closed_unreported);
+            self.push(ToPrimary::Closed(n))?;
+        }
+        self.flush();
+        if self.ctx.outbox.is_empty() || self.primary_gone {
+            for stream in std::mem::take(&mut self.taken) {
+                self.add_conn(stream);
+            }
+        }
+        if self.ctx.now >= self.next_sweep {
+            self.next_sweep = self.ctx.now + SWEEP_EVERY;
+            self.sweep();
+        }
+        Ok(())
+    }
+
+    fn read_channel(&mut self) -> Result<(), WorkerError> {
+        loop {
+            let msg = match self.channel.recv() {
+                Ok(Some(p)) => {
+                    let msg = ToWorker::decode(p.bytes)?;
+                    (msg, p.fds)
+                }
+                Ok(None) => {
+                    log::info!("worker {}: primary went away; draining", std::process::id());
+                    self.primary_gone();
+                    return Ok(());
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e.into()),
+            };
+            self.on_message(msg.0, msg.1);
+        }
+    }
+
+    fn on_message(&mut self, msg: ToWorker, fds: Vec<OwnedFd>) {
+        match msg {
+            ToWorker::Conn { id } => {
+                let Some(fd) = fds.into_iter().next() else {
+                    log::error!("connection {id} arrived without its socket");
+                    return;
+                };
+                self.received += 1;
+                if self.fault_exit_after.is_some_and(|n| self.received >= n) {
+                    log::warn!(
+                        "worker {} exiting on purpose ({ENV_FAULT_EXIT_AFTER})",
+                        std::process::id()
+                    );
+                    std::process::exit(86);
+                }
+                self.acks.push(id);
+                self.taken
+                    .push(TcpStream::from_std(std::net::TcpStream::from(fd)));
+            }
+            ToWorker::Listen => {
+                let Some(fd) = fds.into_iter().next() else {
+                    log::error!("listen message arrived without its socket");
+                    return;
+                };
+                self.add_listener(fd);
+            }
+            ToWorker::Disconnect => self.start_drain(),
+            ToWorker::StatsRequest => {
+                let s = self.stats();
+                if let Err(e) = self.push(ToPrimary::Stats(s)) {
+                    log::error!("stats report: {e}");
+                }
+            }
+            ToWorker::Message(payload) => self.handler.message(payload, &mut self.ctx),
+        }
+    }
+
+    fn add_listener(&mut self, fd: OwnedFd) {
+        if self.ctx.draining || self.listeners.len() >= MAX_LISTENERS {
+            return;
+        }
+        let mut l = TcpListener::from_std(std::net::TcpListener::from(fd));
+        let token = Token(FIRST_LISTENER + self.listeners.len());
+        match self
+            .poll
+            .registry()
+            .register(&mut l, token, Interest::READABLE)
+        {
+            Ok(()) => {
+                self.listeners.push(l);
+                if let Err(e) = self.push(ToPrimary::Listening) {
+                    log::error!("listening report: {e}");
+                }
+            }
+            Err(e) => log::error!("cannot register listener: {e}"),
+        }
+    }
+
+    fn accept(&mut self, index: usize) {
+        loop {
+            let Some(l) = self.listeners.get(index) else {
+                return;
+            };
+            match l.accept() {
+                Ok((stream, _)) => self.add_conn(stream),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // ECONNABORTED, EMFILE, ...: log and retry on the next readiness event.
+                    log::warn!("accept: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn add_conn(&mut self, stream: TcpStream) {
+        self.connections += 1;
+        let conn = self.handler.connect(stream, &mut self.ctx);
+        let entry = self.conns.vacant_entry();
+        let token = Token(FIRST_CONN + entry.key());
+        let conn = entry.insert(conn);
+        if let Err(e) = self.poll.registry().register(
+            conn.stream(),
+            token,
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            log::warn!("cannot register connection: {e}");
+            self.close(token.0 - FIRST_CONN);
+        }
+    }
+
+    fn conn_ready(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if conn.ready(&mut self.ctx) == Status::Close {
+            self.close(key);
+        }
+    }
+
+    fn close(&mut self, key: usize) {
+        if let Some(mut conn) = self.conns.try_remove(key) {
+            let _ = self.poll.registry().deregister(conn.stream());
+            self.closed_unreported += 1;
+        }
+    }
+
+    fn sweep(&mut self) {
+        let now = self.ctx.now;
+        let expired: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.deadline().is_some_and(|d| d <= now))
+            .map(|(k, _)| k)
+            .collect();
+        for key in expired {
+            if let Some(conn) = self.conns.get_mut(key) {
+                if conn.timed_out(&mut self.ctx) == Status::Close {
+                    self.close(key);
+                }
+            }
+        }
+    }
+
+    fn on_signals(&mut self) {
+        for sig in self.signals.pending() {
+            match sig {
+                // A terminal's Ctrl-C reaches the whole process group; the primary coordinates.
+                Signal::SIGINT | Signal::SIGHUP => {}
+                _ => self.start_drain(),
+            }
+        }
+    }
+
+    fn start_drain(&mut self) {
+        if self.ctx.draining {
+            return;
+        }
+        self.ctx.draining = true;
+        for mut l in self.listeners.drain(..) {
+            let _ = self.poll.registry().deregister(&mut l);
+        }
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            if let Some(conn) = self.conns.get_mut(key) {
+                if conn.drain(&mut self.ctx) == Status::Close {
+                    self.close(key);
+                }
+            }
+        }
+    }
+}
