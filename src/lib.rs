@@ -72,6 +72,7 @@ pub struct Cluster {
     shutdown_timeout: Duration,
     handoff_window: usize,
     max_pending: usize,
+    max_connections: usize,
     args: Option<Vec<OsString>>,
     env: Vec<(OsString, OsString)>,
     hook: Option<primary::EventHook>,
@@ -93,6 +94,7 @@ impl Cluster {
             shutdown_timeout: Duration::from_secs(30),
             handoff_window: DEFAULT_HANDOFF_WINDOW,
             max_pending: DEFAULT_MAX_PENDING,
+            max_connections: 0,
             args: None,
             env: Vec::new(),
             hook: None,
@@ -138,6 +140,14 @@ impl Cluster {
     /// Accepted connections that may wait for a worker before the primary stops accepting.
     pub fn max_pending(mut self, n: usize) -> Self {
         self.max_pending = n;
+        self
+    }
+
+    /// Most connections one worker serves at once (0: no limit). A worker at its limit takes
+    /// nothing new: the primary routes connections to other workers, or the kernel's backlog
+    /// holds them; none is accepted and dropped.
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.max_connections = n;
         self
     }
 
@@ -197,6 +207,7 @@ impl Cluster {
             args,
             env: self.env,
             report_closes: self.policy.needs_close_reports(),
+            max_connections: self.max_connections,
         };
         let config = primary::Config {
             workers: self.workers,

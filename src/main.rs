@@ -60,6 +60,9 @@ struct ServeArgs {
     /// Time an idle keep-alive connection stays open
     #[arg(long, default_value = "5s", value_parser = duration)]
     keepalive_timeout: Duration,
+    /// Most connections one worker serves at once (0: no limit); beyond it new connections wait
+    #[arg(long, env = "HERD_MAX_CONNECTIONS", default_value_t = 0)]
+    max_connections: usize,
     /// Requests served on one connection before it is closed (0: no limit)
     #[arg(long, default_value_t = 0)]
     max_requests_per_conn: u64,
@@ -90,7 +93,8 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         .addr(args.addr()?)
         .policy(args.policy)
         .shutdown_timeout(args.shutdown_timeout)
-        .handoff_window(args.handoff_window as usize);
+        .handoff_window(args.handoff_window as usize)
+        .max_connections(args.max_connections);
     if let Some(n) = args.workers {
         cluster = cluster.workers(n as usize);
     }

@@ -4,6 +4,7 @@
 //! it was given, for `shared` and `reuseport`), acks what it took in one batch per loop turn
 //! *before* reading a byte from those sockets, and drives each connection through a [`Handler`].
 
+use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
@@ -23,7 +24,10 @@ pub const ENV_WORKER_ID: &str = "HERD_WORKER_ID";
 pub const ENV_CHANNEL_FD: &str = "HERD_CHANNEL_FD";
 /// Environment variable: report closed connections promptly (set for least-connections).
 pub const ENV_REPORT_CLOSES: &str = "HERD_REPORT_CLOSES";
-/// Testing only: exit after receiving this many connections, without acking the last one.
+/// Environment variable: most connections a worker serves at once (0 or unset: no limit).
+pub const ENV_MAX_CONNECTIONS: &str = "HERD_MAX_CONNECTIONS";
+/// Testing only: `N` or `ID:N`. The worker (or only worker `ID`) exits with status 86 on
+/// receiving its Nth connection, without acking it, as a crash between receive and ack would.
 pub const ENV_FAULT_EXIT_AFTER: &str = "HERD_FAULT_EXIT_AFTER";
 /// Testing only: exit with status 3 at start, before coming online.
 pub const ENV_FAULT_FAIL_START: &str = "HERD_FAULT_FAIL_START";
@@ -151,6 +155,15 @@ fn env_number(name: &str) -> Option<u64> {
     std::env::var(name).ok()?.parse().ok()
 }
 
+/// Reads `HERD_FAULT_EXIT_AFTER` (`N` for every worker, `ID:N` for one).
+fn fault_exit_after(id: usize) -> Option<u64> {
+    let v = std::env::var(ENV_FAULT_EXIT_AFTER).ok()?;
+    match v.split_once(':') {
+        Some((who, n)) => (who.parse::<usize>().ok()? == id).then(|| n.parse().ok())?,
+        None => v.parse().ok(),
+    }
+}
+
 /// Runs this process as a worker until it is told to stop (or its primary goes away).
 ///
 /// Returns when the worker has drained; the caller exits the process.
@@ -183,6 +196,13 @@ struct Runtime<H: Handler> {
     listeners: Vec<TcpListener>,
     /// Taken in this turn, registered once their ack has left.
     taken: Vec<TcpStream>,
+    /// Received while at the connection limit: not acked (the primary still owns them and
+    /// routes new ones elsewhere once our window fills); taken as connections close.
+    held: VecDeque<(u64, TcpStream)>,
+    /// Most connections served at once (`usize::MAX`: no limit).
+    max_conns: usize,
+    /// Listeners are not being drained because the worker is at its limit.
+    accept_paused: bool,
     acks: Vec<u64>,
     received: u64,
     connections: u64,
@@ -224,12 +244,18 @@ impl<H: Handler> Runtime<H> {
             conns: Slab::new(),
             listeners: Vec::new(),
             taken: Vec::new(),
+            held: VecDeque::new(),
+            max_conns: match env_number(ENV_MAX_CONNECTIONS) {
+                Some(n) if n > 0 => n as usize,
+                _ => usize::MAX,
+            },
+            accept_paused: false,
             acks: Vec::new(),
             received: 0,
             connections: 0,
             closed_unreported: 0,
             report_closes: env_flag(ENV_REPORT_CLOSES),
-            fault_exit_after: env_number(ENV_FAULT_EXIT_AFTER),
+            fault_exit_after: fault_exit_after(id),
             primary_gone: false,
             next_sweep: now + SWEEP_EVERY,
         })
@@ -265,7 +291,11 @@ impl<H: Handler> Runtime<H> {
                 }
             }
             self.finish_turn()?;
-            if self.ctx.draining && self.conns.is_empty() && self.taken.is_empty() {
+            if self.ctx.draining
+                && self.conns.is_empty()
+                && self.taken.is_empty()
+                && self.held.is_empty()
+            {
                 break;
             }
         }
@@ -313,6 +343,9 @@ impl<H: Handler> Runtime<H> {
 
     /// Acks what this turn took, registers it once the ack has left, reports closes, sweeps.
     fn finish_turn(&mut self) -> Result<(), WorkerError> {
+        if !self.held.is_empty() || self.accept_paused {
+            self.refill();
+        }
         for chunk in self.acks.chunks(MAX_ACK_IDS) {
             let bytes = ToPrimary::Ack(chunk.to_vec()).encode()?;
             self.ctx.outbox.push(bytes);
@@ -388,6 +421,33 @@ impl<H: Handler> Runtime<H> {
                 }
             }
             ToWorker::Message(payload) => self.handler.message(payload, &mut self.ctx),
+        }
+    }
+
+    /// True when serving one more connection would pass the limit.
+    fn at_capacity(&self) -> bool {
+        self.conns.len() + self.taken.len() >= self.max_conns
+    }
+
+    /// Takes a handed-over connection: ack it this turn, serve it once the ack has left.
+    fn take(&mut self, id: u64, stream: TcpStream) {
+        self.acks.push(id);
+        self.taken.push(stream);
+    }
+
+    /// Below the limit again: take held connections, resume accepting.
+    fn refill(&mut self) {
+        while !self.at_capacity() || self.ctx.draining {
+            let Some((id, stream)) = self.held.pop_front() else {
+                break;
+            };
+            self.take(id, stream);
+        }
+        if self.accept_paused && !self.at_capacity() {
+            self.accept_paused = false;
+            for i in 0..self.listeners.len() {
+                self.accept(i);
+            }
         }
     }
 

@@ -26,8 +26,9 @@ pub struct Row {
     pub restarts: u32,
 }
 
-/// Collects one row per slot.
-pub fn rows(slots: &[Slot], procs: &Slab<Proc>) -> Vec<Row> {
+/// Collects one row per slot. `primary_counts`: the policy hands connections out, so the
+/// primary's own count of open connections (handed minus reported closed) is the truth.
+pub fn rows(slots: &[Slot], procs: &Slab<Proc>, primary_counts: bool) -> Vec<Row> {
     slots
         .iter()
         .map(|s| {
@@ -45,7 +46,7 @@ pub fn rows(slots: &[Slot], procs: &Slab<Proc>) -> Vec<Row> {
                 }
                 row.handed += p.handed;
                 row.connections += p.stats.connections;
-                row.open += p.stats.open;
+                row.open += if primary_counts { p.open } else { p.stats.open };
                 row.requests += p.stats.requests;
             }
             row
@@ -55,7 +56,10 @@ pub fn rows(slots: &[Slot], procs: &Slab<Proc>) -> Vec<Row> {
 
 /// Renders the table as text, one line per worker and a total.
 pub fn table(slots: &[Slot], procs: &Slab<Proc>, policy: Policy) -> String {
-    let rows = rows(slots, procs);
+    let rows = rows(slots, procs, policy.balancer().is_some());
+    for r in &rows {
+        log::debug!("worker stats: {r:?}");
+    }
     let mut out = format!("worker statistics ({policy}):\n");
     let _ = writeln!(
         out,

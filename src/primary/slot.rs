@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::ipc::{Channel, ToWorker, WorkerStats};
 use crate::policy::Load;
-use crate::worker::{ENV_CHANNEL_FD, ENV_REPORT_CLOSES, ENV_WORKER_ID};
+use crate::worker::{ENV_CHANNEL_FD, ENV_MAX_CONNECTIONS, ENV_REPORT_CLOSES, ENV_WORKER_ID};
 
 /// Where a worker is in its life (Node's vocabulary: fork, online, disconnect, exit).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +47,8 @@ pub struct Spawner {
     pub env: Vec<(OsString, OsString)>,
     /// Whether workers report closed connections promptly.
     pub report_closes: bool,
+    /// Most connections one worker serves at once (0: no limit).
+    pub max_connections: usize,
 }
 
 impl Spawner {
@@ -63,6 +65,7 @@ impl Spawner {
                 ENV_REPORT_CLOSES,
                 if self.report_closes { "1" } else { "0" },
             )
+            .env(ENV_MAX_CONNECTIONS, self.max_connections.to_string())
             .stdin(Stdio::null());
         // SAFETY: between fork and exec we only call fcntl, which is async-signal-safe. It
         // clears close-on-exec on the worker's end of the channel so that it survives exec.
