@@ -5,7 +5,6 @@ mod common;
 
 use std::io::{BufReader, Write};
 use std::net::TcpStream;
-use std::time::Duration;
 
 use common::*;
 use nix::sys::signal::Signal;
