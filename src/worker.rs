@@ -26,8 +26,9 @@ pub const ENV_CHANNEL_FD: &str = "HERD_CHANNEL_FD";
 pub const ENV_REPORT_CLOSES: &str = "HERD_REPORT_CLOSES";
 /// Environment variable: most connections a worker serves at once (0 or unset: no limit).
 pub const ENV_MAX_CONNECTIONS: &str = "HERD_MAX_CONNECTIONS";
-/// Testing only: `N` or `ID:N`. The worker (or only worker `ID`) exits with status 86 on
-/// receiving its Nth connection, without acking it, as a crash between receive and ack would.
+/// Testing only: `N` or `ID:N`. From its Nth received connection on, the worker (or only worker
+/// `ID`) acks nothing more, and exits with status 86 once the connections it did ack are
+/// finished: a crash between receiving sockets and acking them, without collateral losses.
 pub const ENV_FAULT_EXIT_AFTER: &str = "HERD_FAULT_EXIT_AFTER";
 /// Testing only: exit with status 3 at start, before coming online.
 pub const ENV_FAULT_FAIL_START: &str = "HERD_FAULT_FAIL_START";
@@ -209,6 +210,8 @@ struct Runtime<H: Handler> {
     closed_unreported: u32,
     report_closes: bool,
     fault_exit_after: Option<u64>,
+    /// Sockets received after the fault tripped: never acked, never served.
+    fault_unacked: Vec<OwnedFd>,
     primary_gone: bool,
     next_sweep: Instant,
 }
@@ -256,6 +259,7 @@ impl<H: Handler> Runtime<H> {
             closed_unreported: 0,
             report_closes: env_flag(ENV_REPORT_CLOSES),
             fault_exit_after: fault_exit_after(id),
+            fault_unacked: Vec::new(),
             primary_gone: false,
             next_sweep: now + SWEEP_EVERY,
         })
@@ -360,6 +364,14 @@ impl<H: Handler> Runtime<H> {
             for stream in std::mem::take(&mut self.taken) {
                 self.add_conn(stream);
             }
+        }
+        if !self.fault_unacked.is_empty() && self.conns.is_empty() && self.taken.is_empty() {
+            log::warn!(
+                "worker {} exiting on purpose with {} connections unacked ({ENV_FAULT_EXIT_AFTER})",
+                std::process::id(),
+                self.fault_unacked.len()
+            );
+            std::process::exit(86);
         }
         if self.ctx.now >= self.next_sweep {
             self.next_sweep = self.ctx.now + SWEEP_EVERY;

@@ -422,11 +422,12 @@ impl Connection for HttpConn {
     }
 
     fn drain(&mut self, ctx: &mut Context) -> Status {
-        if self.idle() || self.lingering.is_some() {
+        if (self.idle() && self.requests > 0) || self.lingering.is_some() {
             return Status::Close;
         }
         if self.out_empty() {
-            // A request is arriving: let it finish; its response will say close.
+            // A request is arriving, or a fresh connection has yet to send its first one (it
+            // was handed to us before the drain began): answer it, with `Connection: close`.
             return Status::Open;
         }
         // A response is being written: close once it is out.

@@ -49,6 +49,24 @@ impl Server {
 
     /// Like [`Server::start`] with extra environment variables.
     pub fn start_env(args: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut server = Server::launch(args, env);
+        let port = wait_for("the listening line", DEADLINE, || {
+            if let Ok(Some(status)) = server.child.try_wait() {
+                panic!("herd exited early ({status}):\n{}", server.log_text());
+            }
+            server.find_log("listening on http://").and_then(|l| {
+                l.rsplit(':')
+                    .next()
+                    .and_then(|p| p.trim().parse::<u16>().ok())
+            })
+        });
+        server.port = port;
+        server.remember_workers();
+        server
+    }
+
+    /// Starts `herd serve` without waiting for it to come up.
+    pub fn launch(args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut cmd = Command::new(herd_bin());
         cmd.args(["serve", "--host", "127.0.0.1", "--port", "0"])
             .args(args)
@@ -72,25 +90,12 @@ impl Server {
                 sink.lock().unwrap().push(line);
             }
         });
-        let mut server = Server {
+        Server {
             child,
             port: 0,
             log,
             seen_pids: Vec::new(),
-        };
-        let port = wait_for("the listening line", DEADLINE, || {
-            if let Ok(Some(status)) = server.child.try_wait() {
-                panic!("herd exited early ({status}):\n{}", server.log_text());
-            }
-            server.find_log("listening on http://").and_then(|l| {
-                l.rsplit(':')
-                    .next()
-                    .and_then(|p| p.trim().parse::<u16>().ok())
-            })
-        });
-        server.port = port;
-        server.remember_workers();
-        server
+        }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -224,6 +229,17 @@ pub fn stat(pid: i32) -> Option<(char, i32)> {
 /// True while `pid` exists and is not a zombie.
 pub fn alive(pid: i32) -> bool {
     stat(pid).is_some_and(|(s, _)| s != 'Z')
+}
+
+/// CPU time (user + system, in clock ticks) a process has used.
+pub fn cpu_ticks(pid: i32) -> u64 {
+    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    let Some(close) = s.rfind(')') else { return 0 };
+    let f: Vec<&str> = s[close + 2..].split_whitespace().collect();
+    let t = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    t(11) + t(12)
 }
 
 /// Number of open file descriptors of `pid`.

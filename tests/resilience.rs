@@ -1,0 +1,151 @@
+//! Never lose a connection (issue 4): acked handoff with reclaim, respawn with backoff,
+//! graceful shutdown, zero-downtime reload, and no descriptor leaks in the primary.
+
+mod common;
+
+use std::io::{BufReader, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use nix::sys::signal::Signal;
+
+#[test]
+fn connections_a_worker_never_acked_are_served_by_another() {
+    // Worker 1 stops acking at its 5th connection and dies once its acked ones are done.
+    let server = Server::start_env(&["--workers", "2"], &[("HERD_FAULT_EXIT_AFTER", "1:5")]);
+    let r = load(server.addr(), 4, 25, false);
+    assert_eq!(r.failed, 0, "every connection answered: {:?}", r.errors);
+    assert_eq!(r.ok, 100);
+    server.wait_log("exiting on purpose", DEADLINE);
+    server.wait_log("connections unacked; handing them to others", DEADLINE);
+}
+
+#[test]
+fn a_killed_worker_is_respawned_and_only_its_own_requests_fail() {
+    const CLIENTS: usize = 4;
+    let mut server = Server::start(&["--workers", "2"]);
+    let before = server.workers();
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = load_until(server.addr(), CLIENTS, 100_000, false, stop.clone());
+    wait_for("traffic to flow", DEADLINE, || {
+        (cpu_ticks(before[0]) > 2).then_some(())
+    });
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(before[0]), Signal::SIGKILL).unwrap();
+    let replacement = wait_for("a replacement worker", DEADLINE, || {
+        let now = server.workers();
+        (now.len() == 2 && !now.contains(&before[0])).then_some(now)
+    });
+    let new_pid = *replacement.iter().find(|p| !before.contains(p)).unwrap();
+    // Let it serve under load before stopping the clients.
+    wait_for("the new worker to serve", DEADLINE, || {
+        (cpu_ticks(new_pid) > 2).then_some(())
+    });
+    stop.store(true, Ordering::Relaxed);
+    let r = merge(clients);
+    assert!(r.ok > 100, "load ran: {r:?}");
+    assert!(
+        r.failed <= CLIENTS,
+        "only requests the dead worker had accepted may fail (at most one per client): {:?}",
+        r.errors
+    );
+    assert!(
+        r.by_pid.contains_key(&(new_pid as u32)),
+        "the replacement served"
+    );
+}
+
+#[test]
+fn sighup_replaces_every_worker_without_a_failed_request() {
+    let mut server = Server::start(&["--workers", "2"]);
+    let before = server.workers();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = load_until(server.addr(), 2, 1_000_000, true, stop.clone());
+    clients.extend(load_until(server.addr(), 2, 1_000_000, false, stop.clone()));
+    wait_for("traffic to flow", DEADLINE, || {
+        (cpu_ticks(before[0]) > 2).then_some(())
+    });
+    server.signal(Signal::SIGHUP);
+    server.wait_log("reload complete", DEADLINE);
+    let after = wait_for("old workers to exit", DEADLINE, || {
+        let now = server.workers();
+        (now.len() == 2 && now.iter().all(|p| !before.contains(p))).then_some(now)
+    });
+    wait_for("new workers to serve", DEADLINE, || {
+        after.iter().all(|&p| cpu_ticks(p) > 1).then_some(())
+    });
+    stop.store(true, Ordering::Relaxed);
+    let r = merge(clients);
+    assert_eq!(
+        r.failed, 0,
+        "no failed request across the reload: {:?}",
+        r.errors
+    );
+    assert!(
+        after.iter().all(|p| r.by_pid.contains_key(&(*p as u32))),
+        "new pids served"
+    );
+    assert!(
+        before.iter().all(|p| r.by_pid.contains_key(&(*p as u32))),
+        "old pids served"
+    );
+}
+
+#[test]
+fn sigterm_lets_a_slow_request_finish_then_exits() {
+    let mut server = Server::start(&["--workers", "1"]);
+    let worker = server.workers()[0];
+    let mut s = connect(server.addr());
+    s.write_all(b"GET /work?us=1000000 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let start_ticks = cpu_ticks(worker);
+    wait_for("the worker to be busy", DEADLINE, || {
+        (cpu_ticks(worker) >= start_ticks + 10).then_some(())
+    });
+    server.signal(Signal::SIGTERM);
+    let resp = read_response(&mut BufReader::new(s), false).expect("the slow request completes");
+    assert_eq!(resp.status, 200);
+    assert!(resp.text().contains("worked"), "{}", resp.text());
+    assert!(server.wait_exit(DEADLINE).success());
+    assert!(!alive(worker));
+}
+
+#[test]
+fn a_worker_that_always_fails_at_start_is_backed_off() {
+    let start = Instant::now();
+    let mut server = Server::launch(&["--workers", "1"], &[("HERD_FAULT_FAIL_START", "1")]);
+    server.wait_log("crash-looping", DEADLINE);
+    // Backoff 100, 150, 225, 338 ms before the fifth death: at least ~0.8 s, never a spin.
+    assert!(
+        start.elapsed() >= Duration::from_millis(800),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(server.find_log("before coming online").is_some());
+    wait_for("five seconds of crash loop", DEADLINE, || {
+        (start.elapsed() >= Duration::from_secs(5)).then_some(())
+    });
+    let deaths = server.count_log("died (exit code 3)");
+    assert!(
+        (5..=12).contains(&deaths),
+        "bounded restarts in 5 s: {deaths}"
+    );
+    assert!(alive(server.pid()), "the primary stays up");
+    server.signal(Signal::SIGTERM);
+    assert!(server.wait_exit(DEADLINE).success());
+}
+
+#[test]
+fn the_primary_does_not_leak_descriptors() {
+    let server = Server::start(&["--workers", "2"]);
+    let baseline = fd_count(server.pid());
+    let r = load(server.addr(), 4, 2_500, false);
+    assert_eq!(r.failed, 0, "{:?}", &r.errors[..r.errors.len().min(5)]);
+    assert_eq!(r.ok, 10_000);
+    wait_for(
+        "the primary's descriptors to return to baseline",
+        DEADLINE,
+        || (fd_count(server.pid()) == baseline).then_some(()),
+    );
+}
