@@ -51,6 +51,9 @@ struct ServeArgs {
     /// Connections a worker may hold unacked (1: Node's behaviour)
     #[arg(long, env = "HERD_HANDOFF_WINDOW", default_value_t = herd::DEFAULT_HANDOFF_WINDOW as u32, value_parser = clap::value_parser!(u32).range(1..))]
     handoff_window: u32,
+    /// Accepted connections waiting for a worker before the primary stops accepting
+    #[arg(long, default_value_t = herd::DEFAULT_MAX_PENDING as u32, value_parser = clap::value_parser!(u32).range(1..))]
+    max_pending: u32,
     /// Largest request head in bytes (larger: 431)
     #[arg(long, default_value_t = 8 * 1024)]
     max_head_bytes: usize,
@@ -94,7 +97,8 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         .policy(args.policy)
         .shutdown_timeout(args.shutdown_timeout)
         .handoff_window(args.handoff_window as usize)
-        .max_connections(args.max_connections);
+        .max_connections(args.max_connections)
+        .max_pending(args.max_pending as usize);
     if let Some(n) = args.workers {
         cluster = cluster.workers(n as usize);
     }

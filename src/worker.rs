@@ -408,15 +408,15 @@ impl<H: Handler> Runtime<H> {
                 };
                 self.received += 1;
                 if self.fault_exit_after.is_some_and(|n| self.received >= n) {
-                    log::warn!(
-                        "worker {} exiting on purpose ({ENV_FAULT_EXIT_AFTER})",
-                        std::process::id()
-                    );
-                    std::process::exit(86);
+                    self.fault_unacked.push(fd);
+                    return;
                 }
-                self.acks.push(id);
-                self.taken
-                    .push(TcpStream::from_std(std::net::TcpStream::from(fd)));
+                let stream = TcpStream::from_std(std::net::TcpStream::from(fd));
+                if self.at_capacity() && !self.ctx.draining {
+                    self.held.push_back((id, stream));
+                } else {
+                    self.take(id, stream);
+                }
             }
             ToWorker::Listen => {
                 let Some(fd) = fds.into_iter().next() else {
@@ -486,6 +486,11 @@ impl<H: Handler> Runtime<H> {
 
     fn accept(&mut self, index: usize) {
         loop {
+            if self.at_capacity() {
+                // Leave the rest in the kernel's queue (other workers, or us later, take them).
+                self.accept_paused = true;
+                return;
+            }
             let Some(l) = self.listeners.get(index) else {
                 return;
             };

@@ -149,3 +149,148 @@ fn the_primary_does_not_leak_descriptors() {
         || (fd_count(server.pid()) == baseline).then_some(()),
     );
 }
+
+#[test]
+fn overload_is_held_in_a_bounded_queue_and_nothing_is_dropped() {
+    // One worker that serves one connection at a time; the primary may queue 8 more.
+    let server = Server::start(&[
+        "--workers",
+        "1",
+        "--max-connections",
+        "1",
+        "--handoff-window",
+        "1",
+        "--max-pending",
+        "8",
+        "--keepalive-timeout",
+        "60s",
+    ]);
+    let baseline = fd_count(server.pid());
+    let mut busy = connect(server.addr());
+    busy.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let mut busy = BufReader::new(busy);
+    assert_eq!(read_response(&mut busy, false).unwrap().status, 200);
+    // 60 clients queue up behind the busy connection.
+    let waiting = load_until(
+        server.addr(),
+        60,
+        1,
+        false,
+        Arc::new(AtomicBool::new(false)),
+    );
+    wait_for("the primary to stop accepting", DEADLINE, || {
+        (fd_count(server.pid()) >= baseline + 8).then_some(())
+    });
+    // Held: 8 in the queue, 1 in the worker's window; the kernel's backlog holds the rest.
+    let held = fd_count(server.pid()) - baseline;
+    assert!(
+        held <= 9,
+        "the primary's queue is bounded: {held} sockets held"
+    );
+    drop(busy);
+    let r = merge(waiting);
+    assert_eq!(r.failed, 0, "{:?}", r.errors);
+    assert_eq!(r.ok, 60);
+}
+
+#[test]
+fn reload_works_for_every_policy() {
+    for policy in ["least-connections", "shared", "reuseport"] {
+        let mut server = Server::start(&["--workers", "2", "--policy", policy]);
+        let before = server.workers();
+        let stop = Arc::new(AtomicBool::new(false));
+        let clients = load_until(server.addr(), 3, 1_000_000, false, stop.clone());
+        wait_for("traffic to flow", DEADLINE, || {
+            (cpu_ticks(before[0]) > 1).then_some(())
+        });
+        server.signal(Signal::SIGHUP);
+        server.wait_log("reload complete", DEADLINE);
+        let after = wait_for("old workers to exit", DEADLINE, || {
+            let now = server.workers();
+            (now.len() == 2 && now.iter().all(|p| !before.contains(p))).then_some(now)
+        });
+        wait_for("new workers to serve", DEADLINE, || {
+            after.iter().all(|&p| cpu_ticks(p) > 1).then_some(())
+        });
+        stop.store(true, Ordering::Relaxed);
+        let r = merge(clients);
+        assert_eq!(r.failed, 0, "{policy}: {:?}", r.errors);
+        assert!(
+            after.iter().all(|p| r.by_pid.contains_key(&(*p as u32))),
+            "{policy}"
+        );
+    }
+}
+
+#[test]
+fn a_second_sigint_stops_at_once() {
+    let mut server = Server::start(&["--workers", "1", "--shutdown-timeout", "60s"]);
+    let worker = server.workers()[0];
+    let mut s = connect(server.addr());
+    s.write_all(b"GET /work?us=1000000 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let start_ticks = cpu_ticks(worker);
+    wait_for("the worker to be busy", DEADLINE, || {
+        (cpu_ticks(worker) >= start_ticks + 5).then_some(())
+    });
+    server.signal(Signal::SIGINT);
+    server.wait_log("shutting down", DEADLINE);
+    server.signal(Signal::SIGINT);
+    server.wait_log("asked twice to stop", DEADLINE);
+    assert!(server.wait_exit(DEADLINE).success());
+    assert!(!alive(worker));
+    assert!(
+        read_response(&mut BufReader::new(s), false).is_err(),
+        "the request in flight was cut off, not finished"
+    );
+}
+
+#[test]
+fn a_worker_at_its_limit_leaves_connections_in_the_kernel_queue() {
+    for policy in ["shared", "reuseport"] {
+        let server = Server::start(&[
+            "--workers",
+            "1",
+            "--policy",
+            policy,
+            "--max-connections",
+            "1",
+            "--keepalive-timeout",
+            "60s",
+        ]);
+        let mut busy = connect(server.addr());
+        busy.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+        let mut busy = BufReader::new(busy);
+        assert_eq!(read_response(&mut busy, false).unwrap().status, 200);
+        let stop = Arc::new(AtomicBool::new(false));
+        let waiting = load_until(server.addr(), 10, 1, false, stop);
+        // While the worker is full, nothing is answered (and nothing is accepted and dropped).
+        let mut probe = connect(server.addr());
+        probe
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        probe
+            .write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut byte = [0u8; 1];
+        let early = std::io::Read::read(&mut probe, &mut byte);
+        assert!(
+            early.is_err(),
+            "{policy}: a full worker answered early: {early:?}"
+        );
+        drop(busy);
+        let r = merge(waiting);
+        assert_eq!(r.failed, 0, "{policy}: {:?}", r.errors);
+        assert_eq!(r.ok, 10, "{policy}");
+        probe
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let resp = read_response(&mut BufReader::new(probe), false).unwrap();
+        assert_eq!(
+            resp.status, 200,
+            "{policy}: the probe is served once there is room"
+        );
+    }
+}
