@@ -1,5 +1,7 @@
-//! Lifecycle events in the primary, with Node's `cluster` vocabulary.
+//! Lifecycle events in the primary, with Node's `cluster` vocabulary, delivered to a callback
+//! ([`crate::Cluster::on_event`]).
 
+use std::fmt;
 use std::net::SocketAddr;
 
 /// Something that happened to a worker, as seen by the primary.
@@ -57,4 +59,148 @@ pub enum Event {
         /// True if it was told to disconnect (or the cluster was stopping) before it exited.
         exited_after_disconnect: bool,
     },
+}
+
+impl Event {
+    /// Node's name for the event: `fork`, `online`, `listening`, `message`, `disconnect` or
+    /// `exit`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::Fork { .. } => "fork",
+            Event::Online { .. } => "online",
+            Event::Listening { .. } => "listening",
+            Event::Message { .. } => "message",
+            Event::Disconnect { .. } => "disconnect",
+            Event::Exit { .. } => "exit",
+        }
+    }
+
+    /// The id of the worker the event is about.
+    pub fn id(&self) -> usize {
+        match *self {
+            Event::Fork { id, .. }
+            | Event::Online { id, .. }
+            | Event::Listening { id, .. }
+            | Event::Message { id, .. }
+            | Event::Disconnect { id, .. }
+            | Event::Exit { id, .. } => id,
+        }
+    }
+
+    /// The process id of the worker the event is about.
+    pub fn pid(&self) -> u32 {
+        match *self {
+            Event::Fork { pid, .. }
+            | Event::Online { pid, .. }
+            | Event::Listening { pid, .. }
+            | Event::Message { pid, .. }
+            | Event::Disconnect { pid, .. }
+            | Event::Exit { pid, .. } => pid,
+        }
+    }
+
+    /// The bytes of a `message` event; `None` for other events.
+    pub fn payload(&self) -> Option<&[u8]> {
+        match self {
+            Event::Message { payload, .. } => Some(payload),
+            _ => None,
+        }
+    }
+
+    /// The payload of a `message` event as UTF-8 text; `None` for other events or when the
+    /// bytes are not valid UTF-8 (use [`Event::payload`] for those).
+    pub fn text(&self) -> Option<&str> {
+        self.payload().and_then(|p| std::str::from_utf8(p).ok())
+    }
+}
+
+/// One line per event, for logs: `exit id=2 pid=4242 code=70 exited_after_disconnect=false`.
+///
+/// A message shows its length, not its bytes.
+impl fmt::Display for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} id={} pid={}", self.name(), self.id(), self.pid())?;
+        match self {
+            Event::Listening { addr, .. } => write!(f, " addr={addr}"),
+            Event::Message { payload, .. } => write!(f, " len={}", payload.len()),
+            Event::Exit {
+                code,
+                signal,
+                exited_after_disconnect,
+                ..
+            } => {
+                match (code, signal) {
+                    (Some(c), _) => write!(f, " code={c}")?,
+                    (None, Some(s)) => write!(f, " signal={s}")?,
+                    (None, None) => write!(f, " status=unknown")?,
+                }
+                write!(f, " exited_after_disconnect={exited_after_disconnect}")
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Where a worker is in its life, as [`crate::Control::workers`] shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerState {
+    /// Forked, not yet online.
+    Starting,
+    /// Online: takes connections and messages.
+    Online,
+    /// Told to finish and exit (disconnected, or the cluster is stopping).
+    Disconnecting,
+    /// No process: it exited and is not (yet) replaced.
+    Dead,
+}
+
+/// A worker slot as the primary sees it (Node's `cluster.workers[id]`, read-only).
+///
+/// Ids are slots: a worker that is replaced after a crash keeps its id, with a new pid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerInfo {
+    /// Worker id (1-based slot number).
+    pub id: usize,
+    /// Pid of the process serving the slot, if any.
+    pub pid: Option<u32>,
+    /// Lifecycle state.
+    pub state: WorkerState,
+    /// Whether its channel is open (Node's `worker.isConnected()`).
+    pub connected: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn helpers_and_display() {
+        let m = Event::Message {
+            id: 2,
+            pid: 7,
+            payload: b"done 42".to_vec(),
+        };
+        assert_eq!((m.name(), m.id(), m.pid()), ("message", 2, 7));
+        assert_eq!(m.text(), Some("done 42"));
+        assert_eq!(m.to_string(), "message id=2 pid=7 len=7");
+        let bad = Event::Message {
+            id: 1,
+            pid: 1,
+            payload: vec![0xff],
+        };
+        assert_eq!(bad.text(), None);
+        assert_eq!(bad.payload(), Some(&[0xff][..]));
+        let exit = Event::Exit {
+            id: 3,
+            pid: 9,
+            code: None,
+            signal: Some(9),
+            exited_after_disconnect: false,
+        };
+        assert_eq!(exit.text(), None);
+        assert_eq!(
+            exit.to_string(),
+            "exit id=3 pid=9 signal=9 exited_after_disconnect=false"
+        );
+    }
 }

@@ -14,6 +14,19 @@
 //!     Cluster::new().workers(2).port(3000).run(HttpHandler::default)
 //! }
 //! ```
+//!
+//! The pieces of Node's `cluster` API and where they are here:
+//!
+//! | Node | herd |
+//! |---|---|
+//! | `cluster.isPrimary`, `cluster.isWorker`, `cluster.worker.id` | [`is_primary`], [`is_worker`], [`worker_id`] |
+//! | `cluster.setupPrimary({ args, env })`, `cluster.fork()` | [`Cluster`] builder |
+//! | `cluster.on('fork' / 'online' / 'listening' / 'message' / 'disconnect' / 'exit')` | [`Cluster::on_event`], with [`Event`] |
+//! | `worker.send(msg)` in the primary | [`Control::send`] |
+//! | `process.send(msg)` in a worker, `process.on('message')` | [`Context::send`], [`Handler::message`] |
+//! | `worker.disconnect()`, `worker.process.kill(sig)`, `worker.isDead()` | [`Control::disconnect`], [`Control::kill`], [`Control::is_dead`] |
+//! | `cluster.disconnect()` | [`Control::shutdown`] |
+//! | `http.createServer((req, res) => ...)` | [`http::HttpHandler`] or your own [`Handler`] |
 
 #![warn(missing_docs)]
 
@@ -30,10 +43,13 @@ use std::ffi::OsString;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-pub use event::Event;
+pub use event::{Event, WorkerInfo, WorkerState};
+pub use ipc::{IpcError, MAX_MESSAGE};
+/// Signals for [`Control::kill`] (re-exported from `nix`).
+pub use nix::sys::signal::Signal;
 pub use policy::Policy;
 pub use primary::{Control, PrimaryError};
-pub use worker::{Connection, Context, Handler, Status, WorkerError};
+pub use worker::{worker_id, Connection, Context, Handler, Status, WorkerError};
 
 /// Default handoff window: connections a worker may hold unacked.
 pub const DEFAULT_HANDOFF_WINDOW: usize = 64;
@@ -59,6 +75,9 @@ pub enum Error {
     /// The worker failed.
     #[error(transparent)]
     Worker(#[from] WorkerError),
+    /// A message could not be sent (for example [`IpcError::TooLarge`]).
+    #[error(transparent)]
+    Ipc(#[from] IpcError),
     /// A setting was invalid.
     #[error("invalid configuration: {0}")]
     Config(String),
@@ -156,6 +175,26 @@ impl Cluster {
 
     /// Calls `hook` in the primary for every lifecycle event; it can send messages to workers,
     /// disconnect or kill them, or stop the cluster through [`Control`].
+    ///
+    /// The hook runs on the primary's loop: keep it short.
+    ///
+    /// ```no_run
+    /// use herd::{Cluster, Event, http::HttpHandler};
+    ///
+    /// fn main() -> Result<(), herd::Error> {
+    ///     Cluster::new()
+    ///         .workers(2)
+    ///         .on_event(|event, control| {
+    ///             println!("{event}");
+    ///             if let Event::Online { id, .. } = event {
+    ///                 if let Err(e) = control.send(*id, "hello") {
+    ///                     eprintln!("{e}");
+    ///                 }
+    ///             }
+    ///         })
+    ///         .run(HttpHandler::default)
+    /// }
+    /// ```
     pub fn on_event(mut self, hook: impl FnMut(&Event, &mut Control) + 'static) -> Self {
         self.hook = Some(Box::new(hook));
         self
