@@ -21,7 +21,7 @@
 //! |---|---|
 //! | `cluster.isPrimary`, `cluster.isWorker`, `cluster.worker.id` | [`is_primary`], [`is_worker`], [`worker_id`] |
 //! | `cluster.setupPrimary({ args, env })`, `cluster.fork()` | [`Cluster`] builder |
-//! | `cluster.on('fork' / 'online' / 'listening' / 'message' / 'disconnect' / 'exit')` | [`Cluster::on_event`], with [`Event`] |
+//! | `cluster.on('fork' / 'online' / 'listening' / 'message' / 'disconnect' / 'exit')` | [`Cluster::on_event`] or [`Cluster::events`], with [`Event`] |
 //! | `worker.send(msg)` in the primary | [`Control::send`] |
 //! | `process.send(msg)` in a worker, `process.on('message')` | [`Context::send`], [`Handler::message`] |
 //! | `worker.disconnect()`, `worker.process.kill(sig)`, `worker.isDead()` | [`Control::disconnect`], [`Control::kill`], [`Control::is_dead`] |
@@ -39,11 +39,14 @@ pub mod primary;
 pub mod signals;
 pub mod worker;
 
+use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::rc::Rc;
 use std::time::Duration;
 
-pub use event::{Event, WorkerInfo, WorkerState};
+pub use event::{Event, Events, WorkerInfo, WorkerState};
 pub use ipc::{IpcError, MAX_MESSAGE};
 /// Signals for [`Control::kill`] (re-exported from `nix`).
 pub use nix::sys::signal::Signal;
@@ -81,6 +84,9 @@ pub enum Error {
     /// A setting was invalid.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// A primary-only call ([`Cluster::events`], [`Cluster::bind`]) was made in a worker.
+    #[error("this is a herd worker; only the primary can do that (use Cluster::run)")]
+    NotPrimary,
 }
 
 /// Builds and runs a cluster: the same call supervises in the primary and serves in a worker.
@@ -213,10 +219,34 @@ impl Cluster {
     }
 
     /// Binds and prepares the primary without running it, so the caller can learn the bound
-    /// address first (`Primary::local_addr`). Only meaningful in the primary.
+    /// address first (`Primary::local_addr`). In a worker: [`Error::NotPrimary`].
     pub fn bind(self) -> Result<primary::Primary, Error> {
+        if is_worker() {
+            return Err(Error::NotPrimary);
+        }
         let (config, hook) = self.into_config()?;
         Ok(primary::Primary::new(config, hook)?)
+    }
+
+    /// Binds and returns the primary's events as an iterator; the cluster runs while it is
+    /// iterated (see [`Events`]). A hook set with [`Cluster::on_event`] still sees every event
+    /// first. In a worker: [`Error::NotPrimary`]; workers call [`Cluster::run`], as in Node's
+    /// `if (cluster.isPrimary) { ... } else { ... }`.
+    ///
+    /// Call it from `main` before starting other threads: the primary blocks the signals it
+    /// handles (`SIGINT`, `SIGTERM`, `SIGHUP`, `SIGUSR2`, `SIGCHLD`) on this thread, and only
+    /// threads started afterwards inherit that.
+    pub fn events(mut self) -> Result<Events, Error> {
+        let queue: Rc<RefCell<VecDeque<Event>>> = Rc::default();
+        let sink = queue.clone();
+        let mut user = self.hook.take();
+        self.hook = Some(Box::new(move |event: &Event, control: &mut Control| {
+            if let Some(hook) = user.as_mut() {
+                hook(event, control);
+            }
+            sink.borrow_mut().push_back(event.clone());
+        }));
+        Ok(Events::new(self.bind()?, queue))
     }
 
     fn into_config(self) -> Result<(primary::Config, Option<primary::EventHook>), Error> {

@@ -82,7 +82,8 @@ enum Command {
 
 /// Commands an event hook gives the primary, and a view of the workers as of the event.
 ///
-/// Commands are carried out in the order given, right after the hook.
+/// Commands are carried out in the order given, right after the hook (or, with
+/// [`crate::event::Events`], before the loop waits again).
 #[derive(Debug, Default)]
 pub struct Control {
     commands: Vec<Command>,
@@ -239,6 +240,15 @@ impl Primary {
 
     /// Starts the workers and runs until a graceful shutdown completes.
     pub fn run(mut self) -> Result<(), PrimaryError> {
+        self.start();
+        let mut events = Events::with_capacity(1024);
+        while !self.turn(&mut events)? {}
+        self.finish();
+        Ok(())
+    }
+
+    /// Starts every worker.
+    pub(crate) fn start(&mut self) {
         log::info!(
             "primary {} is running ({} policy)",
             std::process::id(),
@@ -249,44 +259,61 @@ impl Primary {
                 self.slots[i].current = Some(key);
             }
         }
-        let mut events = Events::with_capacity(1024);
-        loop {
-            let timeout = self
-                .next_timer()
-                .map(|t| t.saturating_duration_since(Instant::now()));
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
-                if e.kind() != io::ErrorKind::Interrupted {
-                    return Err(e.into());
-                }
+    }
+
+    /// One turn of the loop: carries out pending commands, waits for readiness or a timer and
+    /// handles what came. Returns `true` once a graceful shutdown has completed.
+    pub(crate) fn turn(&mut self, events: &mut Events) -> Result<bool, PrimaryError> {
+        self.apply_control();
+        if self.finished() {
+            return Ok(true);
+        }
+        let timeout = self
+            .next_timer()
+            .map(|t| t.saturating_duration_since(Instant::now()));
+        if let Err(e) = self.poll.poll(events, timeout) {
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e.into());
             }
-            for ev in events.iter() {
-                match ev.token() {
-                    LISTENER => self.accept(),
-                    SIGNALS => self.on_signals(),
-                    Token(t) => {
-                        let key = t - FIRST_WORKER;
-                        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                            self.read_worker(key);
-                        }
-                        if ev.is_writable() {
-                            self.flush(key);
-                        }
+        }
+        for ev in events.iter() {
+            match ev.token() {
+                LISTENER => self.accept(),
+                SIGNALS => self.on_signals(),
+                Token(t) => {
+                    let key = t - FIRST_WORKER;
+                    if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                        self.read_worker(key);
+                    }
+                    if ev.is_writable() {
+                        self.flush(key);
                     }
                 }
             }
-            self.dispatch();
-            self.timers();
-            self.apply_control();
-            if self.shutdown_deadline.is_some() && self.procs.is_empty() {
-                break;
-            }
         }
+        self.dispatch();
+        self.timers();
+        self.apply_control();
+        Ok(self.finished())
+    }
+
+    fn finished(&self) -> bool {
+        self.shutdown_deadline.is_some() && self.procs.is_empty()
+    }
+
+    /// Logs the final statistics.
+    pub(crate) fn finish(&mut self) {
         log::info!(
             "{}",
             report::table(&self.slots, &self.procs, self.config.policy)
         );
         log::info!("primary {} exiting", std::process::id());
-        Ok(())
+    }
+
+    /// The commands queue, with its view of the workers brought up to date.
+    pub(crate) fn control(&mut self) -> &mut Control {
+        self.refresh_view();
+        &mut self.control
     }
 
     fn next_timer(&self) -> Option<Instant> {
