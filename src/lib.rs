@@ -26,10 +26,11 @@
 //! | `process.send(msg)` in a worker, `process.on('message')` | [`Context::send`], [`Handler::message`] |
 //! | `worker.disconnect()`, `worker.process.kill(sig)`, `worker.isDead()` | [`Control::disconnect`], [`Control::kill`], [`Control::is_dead`] |
 //! | `cluster.disconnect()` | [`Control::shutdown`] |
-//! | `http.createServer((req, res) => ...)` | [`http::HttpHandler`] or your own [`Handler`] |
+//! | `http.createServer((req, res) => ...)` | [`http::HttpHandler`], your own [`Handler`], or [`blocking::serve`] |
 
 #![warn(missing_docs)]
 
+pub mod blocking;
 pub mod event;
 pub mod http;
 pub mod ipc;
