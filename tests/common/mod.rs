@@ -336,25 +336,26 @@ pub fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
 
 // ---- example programs (tests/api_*.rs) ----
 
-/// The newest modification time of any file under `dir`.
-fn newest_file(dir: &std::path::Path) -> Option<std::time::SystemTime> {
-    let mut newest = None;
-    for entry in std::fs::read_dir(dir).ok()?.flatten() {
-        let path = entry.path();
-        let t = if path.is_dir() {
-            newest_file(&path)
-        } else {
-            entry.metadata().and_then(|m| m.modified()).ok()
-        };
-        newest = newest.max(t);
-    }
-    newest
+/// The newest modification time of the sources cargo built `bin` from (its `.d` dep-info file).
+fn newest_source(bin: &std::path::Path) -> Option<std::time::SystemTime> {
+    let deps = std::fs::read_to_string(bin.with_extension("d")).ok()?;
+    let (_, sources) = deps.lines().next()?.split_once(": ")?;
+    sources
+        .replace("\\ ", "\0")
+        .split_whitespace()
+        .filter_map(|p| {
+            std::fs::metadata(p.replace('\0', " "))
+                .ok()?
+                .modified()
+                .ok()
+        })
+        .max()
 }
 
 /// The binary of example `name`. `cargo test` builds every example (into
 /// `target/<profile>/examples/`, next to this test's `deps/` directory); a run of one test file
 /// (`cargo test --test api_x`) does not, so this fails with what to run when the binary is
-/// missing or older than the sources.
+/// missing or older than the sources it was built from.
 pub fn example_bin(name: &str) -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("the test's own path");
     let profile_dir = exe
@@ -366,11 +367,9 @@ pub fn example_bin(name: &str) -> std::path::PathBuf {
     let built = std::fs::metadata(&bin)
         .and_then(|m| m.modified())
         .unwrap_or_else(|_| panic!("example {name} is not built ({}): {hint}", bin.display()));
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let newest = newest_file(&root.join("src")).max(newest_file(&root.join("examples")));
     assert!(
-        newest.is_none_or(|t| t <= built),
-        "example {name} is older than the sources: {hint}"
+        newest_source(&bin).is_none_or(|t| t <= built),
+        "example {name} is older than its sources: {hint}"
     );
     bin
 }
