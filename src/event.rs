@@ -291,17 +291,9 @@ impl Drop for Events {
             return;
         }
         self.primary.control().shutdown();
-        loop {
-            match self.primary.turn(&mut self.buf) {
-                Ok(false) => {}
-                Ok(true) => {
-                    self.primary.finish();
-                    return;
-                }
-                Err(e) => {
-                    log::error!("stopping the cluster: {e}");
-                    return;
-                }
+        for item in self.by_ref() {
+            if let Err(e) = item {
+                log::error!("stopping the cluster: {e}");
             }
         }
     }
