@@ -1,6 +1,9 @@
-//! A custom protocol on herd: every worker echoes back what it reads, prefixed by its pid.
+//! A custom protocol on herd: every worker greets with its pid, then echoes back what it reads.
 //!
-//! `cargo run --example echo -- 4000` then `nc localhost 4000`.
+//! `cargo run --example echo -- 4000` (port 0: an ephemeral port) then `nc localhost 4000`.
+//! The connection is driven by readiness events on the worker's `mio` loop through the
+//! `Handler` and `Connection` traits; see `examples/blocking.rs` for the same with a plain
+//! blocking `std::net::TcpStream`.
 
 use std::io::{self, Read, Write};
 
@@ -65,5 +68,6 @@ fn main() -> Result<(), herd::Error> {
         .nth(1)
         .and_then(|p| p.parse().ok())
         .unwrap_or(4000);
+    // The primary logs "listening on <addr>" with the real port once every worker is online.
     Cluster::new().workers(2).port(port).run(|| Echo)
 }

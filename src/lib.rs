@@ -14,9 +14,23 @@
 //!     Cluster::new().workers(2).port(3000).run(HttpHandler::default)
 //! }
 //! ```
+//!
+//! The pieces of Node's `cluster` API and where they are here:
+//!
+//! | Node | herd |
+//! |---|---|
+//! | `cluster.isPrimary`, `cluster.isWorker`, `cluster.worker.id` | [`is_primary`], [`is_worker`], [`worker_id`] |
+//! | `cluster.setupPrimary({ args, env })`, `cluster.fork()` | [`Cluster`] builder |
+//! | `cluster.on('fork' / 'online' / 'listening' / 'message' / 'disconnect' / 'exit')` | [`Cluster::on_event`] or [`Cluster::events`], with [`Event`] |
+//! | `worker.send(msg)` in the primary | [`Control::send`] |
+//! | `process.send(msg)` in a worker, `process.on('message')` | [`Context::send`], [`Handler::message`] |
+//! | `worker.disconnect()`, `worker.process.kill(sig)`, `worker.isDead()` | [`Control::disconnect`], [`Control::kill`], [`Control::is_dead`] |
+//! | `cluster.disconnect()` | [`Control::shutdown`] |
+//! | `http.createServer((req, res) => ...)` | [`http::HttpHandler`], your own [`Handler`], or [`blocking::serve`] |
 
 #![warn(missing_docs)]
 
+pub mod blocking;
 pub mod event;
 pub mod http;
 pub mod ipc;
@@ -26,14 +40,20 @@ pub mod primary;
 pub mod signals;
 pub mod worker;
 
+use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::rc::Rc;
 use std::time::Duration;
 
-pub use event::Event;
+pub use event::{Event, Events, WorkerInfo, WorkerState};
+pub use ipc::{IpcError, MAX_MESSAGE};
+/// Signals for [`Control::kill`] (re-exported from `nix`).
+pub use nix::sys::signal::Signal;
 pub use policy::Policy;
 pub use primary::{Control, PrimaryError};
-pub use worker::{Connection, Context, Handler, Status, WorkerError};
+pub use worker::{worker_id, Connection, Context, Handler, Status, WorkerError};
 
 /// Default handoff window: connections a worker may hold unacked.
 pub const DEFAULT_HANDOFF_WINDOW: usize = 64;
@@ -59,9 +79,15 @@ pub enum Error {
     /// The worker failed.
     #[error(transparent)]
     Worker(#[from] WorkerError),
+    /// A message could not be sent (for example [`IpcError::TooLarge`]).
+    #[error(transparent)]
+    Ipc(#[from] IpcError),
     /// A setting was invalid.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// A primary-only call ([`Cluster::events`], [`Cluster::bind`]) was made in a worker.
+    #[error("this is a herd worker; only the primary can do that (use Cluster::run)")]
+    NotPrimary,
 }
 
 /// Builds and runs a cluster: the same call supervises in the primary and serves in a worker.
@@ -166,6 +192,26 @@ impl Cluster {
 
     /// Calls `hook` in the primary for every lifecycle event; it can send messages to workers,
     /// disconnect or kill them, or stop the cluster through [`Control`].
+    ///
+    /// The hook runs on the primary's loop: keep it short.
+    ///
+    /// ```no_run
+    /// use herd::{Cluster, Event, http::HttpHandler};
+    ///
+    /// fn main() -> Result<(), herd::Error> {
+    ///     Cluster::new()
+    ///         .workers(2)
+    ///         .on_event(|event, control| {
+    ///             println!("{event}");
+    ///             if let Event::Online { id, .. } = event {
+    ///                 if let Err(e) = control.send(*id, "hello") {
+    ///                     eprintln!("{e}");
+    ///                 }
+    ///             }
+    ///         })
+    ///         .run(HttpHandler::default)
+    /// }
+    /// ```
     pub fn on_event(mut self, hook: impl FnMut(&Event, &mut Control) + 'static) -> Self {
         self.hook = Some(Box::new(hook));
         self
@@ -184,10 +230,34 @@ impl Cluster {
     }
 
     /// Binds and prepares the primary without running it, so the caller can learn the bound
-    /// address first (`Primary::local_addr`). Only meaningful in the primary.
+    /// address first (`Primary::local_addr`). In a worker: [`Error::NotPrimary`].
     pub fn bind(self) -> Result<primary::Primary, Error> {
+        if is_worker() {
+            return Err(Error::NotPrimary);
+        }
         let (config, hook) = self.into_config()?;
         Ok(primary::Primary::new(config, hook)?)
+    }
+
+    /// Binds and returns the primary's events as an iterator; the cluster runs while it is
+    /// iterated (see [`Events`]). A hook set with [`Cluster::on_event`] still sees every event
+    /// first. In a worker: [`Error::NotPrimary`]; workers call [`Cluster::run`], as in Node's
+    /// `if (cluster.isPrimary) { ... } else { ... }`.
+    ///
+    /// Call it from `main` before starting other threads: the primary blocks the signals it
+    /// handles (`SIGINT`, `SIGTERM`, `SIGHUP`, `SIGUSR2`, `SIGCHLD`) on this thread, and only
+    /// threads started afterwards inherit that.
+    pub fn events(mut self) -> Result<Events, Error> {
+        let queue: Rc<RefCell<VecDeque<Event>>> = Rc::default();
+        let sink = queue.clone();
+        let mut user = self.hook.take();
+        self.hook = Some(Box::new(move |event: &Event, control: &mut Control| {
+            if let Some(hook) = user.as_mut() {
+                hook(event, control);
+            }
+            sink.borrow_mut().push_back(event.clone());
+        }));
+        Ok(Events::new(self.bind()?, queue))
     }
 
     fn into_config(self) -> Result<(primary::Config, Option<primary::EventHook>), Error> {

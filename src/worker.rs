@@ -81,10 +81,13 @@ impl Context {
         self.now
     }
 
-    /// Sends a message to the primary, where it arrives as a `message` event. Ordered, framed,
-    /// at most [`crate::ipc::MAX_MESSAGE`] bytes.
-    pub fn send(&mut self, payload: Vec<u8>) -> Result<(), IpcError> {
-        let bytes = ToPrimary::Message(payload).encode()?;
+    /// Sends a message to the primary, where it arrives as a `message` event (Node's
+    /// `process.send`). Ordered and framed: one call, one event. A payload larger than
+    /// [`crate::ipc::MAX_MESSAGE`] is refused with [`IpcError::TooLarge`] and nothing is sent.
+    /// The message leaves at the end of the loop turn; if the channel is full it waits, in
+    /// order, in the worker's outbox.
+    pub fn send(&mut self, payload: impl Into<Vec<u8>>) -> Result<(), IpcError> {
+        let bytes = ToPrimary::Message(payload.into()).encode()?;
         self.outbox.push(bytes);
         Ok(())
     }
@@ -125,7 +128,7 @@ pub trait Handler {
     /// A new connection arrived (already non-blocking; not yet registered).
     fn connect(&mut self, stream: TcpStream, ctx: &mut Context) -> Self::Conn;
 
-    /// A message from the primary (`Worker::send` there).
+    /// A message from the primary (`Control::send` there), in the order sent.
     fn message(&mut self, _payload: Vec<u8>, _ctx: &mut Context) {}
 }
 

@@ -21,8 +21,8 @@ use mio::{Events, Interest, Poll, Token};
 use nix::sys::signal::Signal;
 use slab::Slab;
 
-use crate::event::Event;
-use crate::ipc::{ToPrimary, ToWorker};
+use crate::event::{Event, WorkerInfo, WorkerState};
+use crate::ipc::{IpcError, ToPrimary, ToWorker};
 use crate::listen::{self, ListenError};
 use crate::policy::{Balancer, ListenerPlan, Load, Policy};
 use crate::signals::{self, Signals};
@@ -70,34 +70,75 @@ pub enum PrimaryError {
 /// Called for every lifecycle event; may queue messages and commands through [`Control`].
 pub type EventHook = Box<dyn FnMut(&Event, &mut Control)>;
 
-/// Commands an event hook gives the primary.
+/// One command given through [`Control`], carried out in the order given.
+#[derive(Debug)]
+enum Command {
+    /// An encoded [`ToWorker::Message`] packet for worker `id`.
+    Send(usize, Vec<u8>),
+    Disconnect(usize),
+    Kill(usize, Signal),
+    Shutdown,
+}
+
+/// Commands an event hook gives the primary, and a view of the workers as of the event.
+///
+/// Commands are carried out in the order given, right after the hook (or, with
+/// [`crate::event::Events`], before the loop waits again).
 #[derive(Debug, Default)]
 pub struct Control {
-    sends: Vec<(usize, Vec<u8>)>,
-    disconnects: Vec<usize>,
-    kills: Vec<(usize, Signal)>,
-    shutdown: bool,
+    commands: Vec<Command>,
+    workers: Vec<WorkerInfo>,
 }
 
 impl Control {
-    /// Sends `payload` to worker `id` (it arrives as `Handler::message`).
-    pub fn send(&mut self, id: usize, payload: Vec<u8>) {
-        self.sends.push((id, payload));
+    /// Sends `payload` to worker `id`, where it arrives as `Handler::message`, in order and in
+    /// one piece (Node's `worker.send`).
+    ///
+    /// A payload larger than [`crate::ipc::MAX_MESSAGE`] is refused with
+    /// [`IpcError::TooLarge`] and nothing is sent. A message for a worker that is dead by the
+    /// time it is carried out is dropped (and logged): watch for `exit` events, or
+    /// [`Control::is_dead`].
+    pub fn send(&mut self, id: usize, payload: impl Into<Vec<u8>>) -> Result<(), IpcError> {
+        let packet = ToWorker::Message(payload.into()).encode()?;
+        self.commands.push(Command::Send(id, packet));
+        Ok(())
     }
 
-    /// Asks worker `id` to finish its work and exit (it is not replaced).
+    /// Asks worker `id` to finish its work and exit; it is not replaced, and its `exit` event
+    /// has `exited_after_disconnect: true` (Node's `worker.disconnect()`).
     pub fn disconnect(&mut self, id: usize) {
-        self.disconnects.push(id);
+        self.commands.push(Command::Disconnect(id));
     }
 
-    /// Sends `signal` to worker `id`'s process (it is replaced if it dies).
+    /// Sends `signal` to worker `id`'s process (Node's `worker.process.kill(signal)`).
+    ///
+    /// If the signal ends it, that counts as a crash (`exited_after_disconnect: false`) and the
+    /// worker is replaced. For Node's `worker.kill()`, call [`Control::disconnect`] first.
     pub fn kill(&mut self, id: usize, signal: Signal) {
-        self.kills.push((id, signal));
+        self.commands.push(Command::Kill(id, signal));
     }
 
-    /// Stops the whole cluster gracefully, as `SIGTERM` does.
+    /// Stops the whole cluster gracefully, as `SIGTERM` does: every worker is disconnected and
+    /// the primary returns once they have exited (Node's `cluster.disconnect()`). Asking again
+    /// while the cluster is stopping changes nothing.
     pub fn shutdown(&mut self) {
-        self.shutdown = true;
+        self.commands.push(Command::Shutdown);
+    }
+
+    /// Every worker slot, in id order, as of the current event.
+    pub fn workers(&self) -> &[WorkerInfo] {
+        &self.workers
+    }
+
+    /// Worker `id` as of the current event, if there is such a slot.
+    pub fn worker(&self, id: usize) -> Option<&WorkerInfo> {
+        self.workers.iter().find(|w| w.id == id)
+    }
+
+    /// True when worker `id` has no live process (Node's `worker.isDead()`); also true for an
+    /// id that names no slot.
+    pub fn is_dead(&self, id: usize) -> bool {
+        self.worker(id).is_none_or(|w| w.state == WorkerState::Dead)
     }
 }
 
@@ -199,6 +240,15 @@ impl Primary {
 
     /// Starts the workers and runs until a graceful shutdown completes.
     pub fn run(mut self) -> Result<(), PrimaryError> {
+        self.start();
+        let mut events = Events::with_capacity(1024);
+        while !self.turn(&mut events)? {}
+        self.finish();
+        Ok(())
+    }
+
+    /// Starts every worker.
+    pub(crate) fn start(&mut self) {
         log::info!(
             "primary {} is running ({} policy)",
             std::process::id(),
@@ -209,44 +259,61 @@ impl Primary {
                 self.slots[i].current = Some(key);
             }
         }
-        let mut events = Events::with_capacity(1024);
-        loop {
-            let timeout = self
-                .next_timer()
-                .map(|t| t.saturating_duration_since(Instant::now()));
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
-                if e.kind() != io::ErrorKind::Interrupted {
-                    return Err(e.into());
-                }
+    }
+
+    /// One turn of the loop: carries out pending commands, waits for readiness or a timer and
+    /// handles what came. Returns `true` once a graceful shutdown has completed.
+    pub(crate) fn turn(&mut self, events: &mut Events) -> Result<bool, PrimaryError> {
+        self.apply_control();
+        if self.finished() {
+            return Ok(true);
+        }
+        let timeout = self
+            .next_timer()
+            .map(|t| t.saturating_duration_since(Instant::now()));
+        if let Err(e) = self.poll.poll(events, timeout) {
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e.into());
             }
-            for ev in events.iter() {
-                match ev.token() {
-                    LISTENER => self.accept(),
-                    SIGNALS => self.on_signals(),
-                    Token(t) => {
-                        let key = t - FIRST_WORKER;
-                        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                            self.read_worker(key);
-                        }
-                        if ev.is_writable() {
-                            self.flush(key);
-                        }
+        }
+        for ev in events.iter() {
+            match ev.token() {
+                LISTENER => self.accept(),
+                SIGNALS => self.on_signals(),
+                Token(t) => {
+                    let key = t - FIRST_WORKER;
+                    if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                        self.read_worker(key);
+                    }
+                    if ev.is_writable() {
+                        self.flush(key);
                     }
                 }
             }
-            self.dispatch();
-            self.timers();
-            self.apply_control();
-            if self.shutdown_deadline.is_some() && self.procs.is_empty() {
-                break;
-            }
         }
+        self.dispatch();
+        self.timers();
+        self.apply_control();
+        Ok(self.finished())
+    }
+
+    fn finished(&self) -> bool {
+        self.shutdown_deadline.is_some() && self.procs.is_empty()
+    }
+
+    /// Logs the final statistics.
+    pub(crate) fn finish(&mut self) {
         log::info!(
             "{}",
             report::table(&self.slots, &self.procs, self.config.policy)
         );
         log::info!("primary {} exiting", std::process::id());
-        Ok(())
+    }
+
+    /// The commands queue, with its view of the workers brought up to date.
+    pub(crate) fn control(&mut self) -> &mut Control {
+        self.refresh_view();
+        &mut self.control
     }
 
     fn next_timer(&self) -> Option<Instant> {
@@ -256,34 +323,82 @@ impl Primary {
     }
 
     fn emit(&mut self, event: Event) {
-        log::debug!("event: {event:?}");
+        log::debug!("event: {event}");
+        if self.hook.is_some() {
+            self.refresh_view();
+        }
         if let Some(hook) = self.hook.as_mut() {
             hook(&event, &mut self.control);
         }
     }
 
-    /// Carries out what the event hook asked for.
+    /// Rebuilds the workers' view that [`Control`] shows.
+    fn refresh_view(&mut self) {
+        let view = &mut self.control.workers;
+        view.clear();
+        view.extend(self.slots.iter().map(
+            |slot| match slot.current.and_then(|k| self.procs.get(k)) {
+                Some(p) => WorkerInfo {
+                    id: slot.id,
+                    pid: Some(p.pid),
+                    state: match p.state {
+                        State::Starting => WorkerState::Starting,
+                        State::Online => WorkerState::Online,
+                        State::Disconnecting => WorkerState::Disconnecting,
+                    },
+                    connected: !p.channel_closed,
+                },
+                None => WorkerInfo {
+                    id: slot.id,
+                    pid: None,
+                    state: WorkerState::Dead,
+                    connected: false,
+                },
+            },
+        ));
+    }
+
+    /// Carries out what the event hook asked for, in order, including what it asks while
+    /// these commands run (they can cause events too).
     fn apply_control(&mut self) {
-        let c = std::mem::take(&mut self.control);
-        for (id, payload) in c.sends {
-            if let Some(key) = self.current(id) {
-                self.procs[key].push(&ToWorker::Message(payload));
-                self.flush(key);
+        loop {
+            let commands = std::mem::take(&mut self.control.commands);
+            if commands.is_empty() {
+                return;
             }
-        }
-        for id in c.disconnects {
-            if let Some(key) = self.current(id) {
-                self.disconnect(key);
+            for c in commands {
+                match c {
+                    Command::Send(id, packet) => match self.current(id) {
+                        Some(key) => {
+                            let p = &mut self.procs[key];
+                            let idle = p.out.is_empty();
+                            p.out.push_back(Out::Packet(packet));
+                            // Something already waiting means the channel is full: the
+                            // writable event flushes, and trying now would only fail again.
+                            if idle {
+                                self.flush(key);
+                            }
+                        }
+                        None => log::warn!("message for worker {id} dropped: it is not running"),
+                    },
+                    Command::Disconnect(id) => {
+                        if let Some(key) = self.current(id) {
+                            self.disconnect(key);
+                        }
+                    }
+                    Command::Kill(id, sig) => {
+                        if let Some(key) = self.current(id) {
+                            let pid = nix::unistd::Pid::from_raw(self.procs[key].pid as i32);
+                            let _ = nix::sys::signal::kill(pid, sig);
+                        }
+                    }
+                    Command::Shutdown => {
+                        if self.shutdown_deadline.is_none() {
+                            self.begin_shutdown();
+                        }
+                    }
+                }
             }
-        }
-        for (id, sig) in c.kills {
-            if let Some(key) = self.current(id) {
-                let pid = nix::unistd::Pid::from_raw(self.procs[key].pid as i32);
-                let _ = nix::sys::signal::kill(pid, sig);
-            }
-        }
-        if c.shutdown {
-            self.begin_shutdown();
         }
     }
 

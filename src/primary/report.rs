@@ -26,8 +26,9 @@ pub struct Row {
     pub restarts: u32,
 }
 
-/// Collects one row per slot. `primary_counts`: the policy hands connections out, so the
-/// primary's own count of open connections (handed minus reported closed) is the truth.
+/// Collects one row per slot. `primary_counts`: workers report closes to the primary (the
+/// least-connections policy decides on that count), so the primary's own count of open
+/// connections is the freshest; otherwise the worker's last report is.
 pub fn rows(slots: &[Slot], procs: &Slab<Proc>, primary_counts: bool) -> Vec<Row> {
     slots
         .iter()
@@ -56,7 +57,7 @@ pub fn rows(slots: &[Slot], procs: &Slab<Proc>, primary_counts: bool) -> Vec<Row
 
 /// Renders the table as text, one line per worker and a total.
 pub fn table(slots: &[Slot], procs: &Slab<Proc>, policy: Policy) -> String {
-    let rows = rows(slots, procs, policy.balancer().is_some());
+    let rows = rows(slots, procs, policy.needs_close_reports());
     for r in &rows {
         log::debug!("worker stats: {r:?}");
     }
