@@ -63,7 +63,7 @@ pub enum ToWorker {
     Disconnect,
     /// Report your counters with [`ToPrimary::Stats`].
     StatsRequest,
-    /// A user message (`Worker::send` in the library API).
+    /// A user message (`Control::send` in the primary).
     Message(Vec<u8>),
 }
 
@@ -91,7 +91,7 @@ pub enum ToPrimary {
     Closed(u32),
     /// Answer to [`ToWorker::StatsRequest`].
     Stats(WorkerStats),
-    /// A user message (`herd::worker::send` in the library API).
+    /// A user message (`Context::send` in a worker).
     Message(Vec<u8>),
 }
 
