@@ -216,6 +216,8 @@ struct Runtime<H: Handler> {
     /// Sockets received after the fault tripped: never acked, never served.
     fault_unacked: Vec<OwnedFd>,
     primary_gone: bool,
+    /// Whether the channel is registered for writable events.
+    want_writable: bool,
     next_sweep: Instant,
 }
 
@@ -227,7 +229,7 @@ impl<H: Handler> Runtime<H> {
         poll.registry().register(
             &mut SourceFd(&channel.raw_fd()),
             CHANNEL,
-            Interest::READABLE | Interest::WRITABLE,
+            Interest::READABLE,
         )?;
         poll.registry().register(
             &mut SourceFd(&signals.raw_fd()),
@@ -264,6 +266,7 @@ impl<H: Handler> Runtime<H> {
             fault_exit_after: fault_exit_after(id),
             fault_unacked: Vec::new(),
             primary_gone: false,
+            want_writable: false,
             next_sweep: now + SWEEP_EVERY,
         })
     }
@@ -322,12 +325,37 @@ impl<H: Handler> Runtime<H> {
         if self.primary_gone {
             return;
         }
-        if let Err(e) = self.ctx.outbox.flush(&self.channel) {
-            log::debug!(
-                "worker {}: channel to primary closed: {e}",
-                std::process::id()
-            );
-            self.primary_gone();
+        match self.ctx.outbox.flush(&self.channel) {
+            Ok(done) => self.want_writable(!done),
+            Err(e) => {
+                log::debug!(
+                    "worker {}: channel to primary closed: {e}",
+                    std::process::id()
+                );
+                self.primary_gone();
+            }
+        }
+    }
+
+    /// Registers for writable edges only while the outbox is backed up: on a Unix socket every
+    /// packet the primary consumes would otherwise wake this loop.
+    fn want_writable(&mut self, want: bool) {
+        if want == self.want_writable {
+            return;
+        }
+        self.want_writable = want;
+        let interest = if want {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
+        let fd = self.channel.raw_fd();
+        if let Err(e) = self
+            .poll
+            .registry()
+            .reregister(&mut SourceFd(&fd), CHANNEL, interest)
+        {
+            log::error!("worker {}: cannot watch channel: {e}", std::process::id());
         }
     }
 

@@ -431,7 +431,7 @@ impl Primary {
         if let Err(e) = self.poll.registry().register(
             &mut SourceFd(&p.channel.raw_fd()),
             Token(FIRST_WORKER + key),
-            Interest::READABLE | Interest::WRITABLE,
+            Interest::READABLE,
         ) {
             log::error!("cannot watch worker {pid}: {e}; stopping it");
             let _ = p.child.kill();
@@ -540,10 +540,34 @@ impl Primary {
         if p.channel_closed {
             return;
         }
-        if let Err(e) = p.flush(&self.held) {
-            log::debug!("worker {} channel: {e}", p.pid);
-            self.read_worker(key);
-            self.channel_closed(key);
+        match p.flush(&self.held) {
+            Ok(()) => {
+                // Ask for writable edges only while packets wait: on a Unix socket every packet
+                // the worker consumes would otherwise wake this loop.
+                let backed_up = !p.out.is_empty();
+                if backed_up != p.want_writable {
+                    p.want_writable = backed_up;
+                    let interest = if backed_up {
+                        Interest::READABLE | Interest::WRITABLE
+                    } else {
+                        Interest::READABLE
+                    };
+                    let fd = p.channel.raw_fd();
+                    let token = Token(FIRST_WORKER + key);
+                    if let Err(e) =
+                        self.poll
+                            .registry()
+                            .reregister(&mut SourceFd(&fd), token, interest)
+                    {
+                        log::error!("cannot watch worker {}: {e}", p.pid);
+                    }
+                }
+            }
+            Err(e) => {
+                log::debug!("worker {} channel: {e}", p.pid);
+                self.read_worker(key);
+                self.channel_closed(key);
+            }
         }
     }
 
@@ -764,11 +788,7 @@ impl Primary {
             p.out.push_back(Out::Conn(id));
             p.open += 1;
             p.handed += 1;
-            if let Err(e) = p.flush(&self.held) {
-                log::debug!("worker {} channel: {e}", p.pid);
-                self.read_worker(key);
-                self.channel_closed(key);
-            }
+            self.flush(key);
         }
         if self.listener_paused
             && self.shutdown_deadline.is_none()

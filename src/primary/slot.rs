@@ -114,6 +114,8 @@ pub struct Proc {
     pub slot: usize,
     /// Whether it answered the latest stats request.
     pub stats_fresh: bool,
+    /// Whether its channel is registered for writable events (only while `out` is backed up).
+    pub want_writable: bool,
 }
 
 impl Proc {
@@ -122,6 +124,7 @@ impl Proc {
         Proc {
             slot,
             stats_fresh: false,
+            want_writable: false,
             pid: child.id(),
             child,
             channel,
