@@ -98,6 +98,7 @@ pub struct Cluster {
     shutdown_timeout: Duration,
     handoff_window: usize,
     max_pending: usize,
+    defer_accept: bool,
     max_connections: usize,
     args: Option<Vec<OsString>>,
     env: Vec<(OsString, OsString)>,
@@ -120,6 +121,7 @@ impl Cluster {
             shutdown_timeout: Duration::from_secs(30),
             handoff_window: DEFAULT_HANDOFF_WINDOW,
             max_pending: DEFAULT_MAX_PENDING,
+            defer_accept: false,
             max_connections: 0,
             args: None,
             env: Vec::new(),
@@ -166,6 +168,16 @@ impl Cluster {
     /// Accepted connections that may wait for a worker before the primary stops accepting.
     pub fn max_pending(mut self, n: usize) -> Self {
         self.max_pending = n;
+        self
+    }
+
+    /// Hand a connection over only once the client has sent its first bytes
+    /// (`TCP_DEFER_ACCEPT`, nginx's `deferred`). Right for HTTP, where the client speaks
+    /// first: the worker finds the request waiting and serves it in the turn it takes the
+    /// socket. Wrong for protocols where the server speaks first. Off by default; `herd serve`
+    /// turns it on.
+    pub fn defer_accept(mut self, on: bool) -> Self {
+        self.defer_accept = on;
         self
     }
 
@@ -286,6 +298,7 @@ impl Cluster {
             shutdown_timeout: self.shutdown_timeout,
             handoff_window: self.handoff_window,
             max_pending: self.max_pending.max(1),
+            defer_accept: self.defer_accept,
             spawner,
         };
         Ok((config, self.hook))

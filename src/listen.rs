@@ -56,6 +56,30 @@ pub fn bind_listener(addr: SocketAddr, reuseport: bool) -> Result<TcpListener, L
     Ok(unsafe { TcpListener::from_raw_fd(fd.into_raw_fd()) })
 }
 
+/// Asks the kernel to report a connection as acceptable only once the client has sent data
+/// (`TCP_DEFER_ACCEPT`, nginx's `deferred`): the worker then finds the request already there and
+/// serves it without waiting for another wakeup. Only for protocols where the client speaks
+/// first (HTTP); a server that greets first would wait for the timeout instead.
+pub fn defer_accept(listener: std::os::fd::BorrowedFd<'_>, seconds: i32) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a plain setsockopt on a borrowed (open) socket, with a pointer to a live i32 and
+    // its exact length.
+    let rc = unsafe {
+        nix::libc::setsockopt(
+            listener.as_raw_fd(),
+            nix::libc::IPPROTO_TCP,
+            nix::libc::TCP_DEFER_ACCEPT,
+            (&seconds as *const i32).cast(),
+            std::mem::size_of::<i32>() as nix::libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Creates `count` listeners on one address: the first binds (resolving port 0), the others
 /// join it with `SO_REUSEPORT`.
 pub fn bind_group(addr: SocketAddr, count: usize) -> Result<Vec<TcpListener>, ListenError> {

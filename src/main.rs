@@ -98,7 +98,8 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         .shutdown_timeout(args.shutdown_timeout)
         .handoff_window(args.handoff_window as usize)
         .max_connections(args.max_connections)
-        .max_pending(args.max_pending as usize);
+        .max_pending(args.max_pending as usize)
+        .defer_accept(true);
     if let Some(n) = args.workers {
         cluster = cluster.workers(n as usize);
     }

@@ -101,7 +101,8 @@ pub trait Connection {
     /// The socket, so the loop can register and deregister it.
     fn stream(&mut self) -> &mut TcpStream;
 
-    /// The socket became readable and/or writable: make progress.
+    /// The socket became readable and/or writable: make progress. Also called once right after
+    /// [`Handler::connect`], and possibly spuriously: `WouldBlock` is a normal answer.
     fn ready(&mut self, ctx: &mut Context) -> Status;
 
     /// When this connection should be timed out, if ever (checked a few times a second).
@@ -551,7 +552,11 @@ impl<H: Handler> Runtime<H> {
         ) {
             log::warn!("cannot register connection: {e}");
             self.close(token.0 - FIRST_CONN);
+            return;
         }
+        // The request is often already here (always, with TCP_DEFER_ACCEPT): serve it now
+        // rather than after another trip through epoll.
+        self.conn_ready(token.0 - FIRST_CONN);
     }
 
     fn conn_ready(&mut self, key: usize) {

@@ -52,9 +52,14 @@ pub struct Config {
     pub handoff_window: usize,
     /// Accepted connections waiting for a worker before the primary stops accepting.
     pub max_pending: usize,
+    /// Accept a connection only once the client has sent data (`TCP_DEFER_ACCEPT`).
+    pub defer_accept: bool,
     /// How workers are started.
     pub spawner: Spawner,
 }
+
+/// Seconds the kernel waits for a client's first bytes before accepting anyway.
+const DEFER_ACCEPT_SECS: i32 = 5;
 
 /// Why the primary could not run.
 #[derive(Debug, thiserror::Error)]
@@ -205,6 +210,18 @@ impl Primary {
                 (None, listen::bind_group(config.addr, config.workers)?)
             }
         };
+        if config.defer_accept {
+            use std::os::fd::AsFd;
+            let fds = listener
+                .iter()
+                .map(|l| l.as_fd())
+                .chain(held.iter().map(|l| l.as_fd()));
+            for fd in fds {
+                if let Err(e) = listen::defer_accept(fd, DEFER_ACCEPT_SECS) {
+                    log::warn!("TCP_DEFER_ACCEPT not available: {e}");
+                }
+            }
+        }
         let local_addr = match (&listener, held.first()) {
             (Some(l), _) => l.local_addr()?,
             (None, Some(l)) => l.local_addr()?,
