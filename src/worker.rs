@@ -198,6 +198,8 @@ struct Runtime<H: Handler> {
     handler: H,
     ctx: Context,
     conns: Slab<H::Conn>,
+    /// By slab key: the connection was handed over by the primary, which may still hold a copy.
+    handed: Vec<bool>,
     listeners: Vec<TcpListener>,
     /// Taken in this turn, registered once their ack has left.
     taken: Vec<TcpStream>,
@@ -251,6 +253,7 @@ impl<H: Handler> Runtime<H> {
                 outbox: Outbox::default(),
             },
             conns: Slab::new(),
+            handed: Vec::new(),
             listeners: Vec::new(),
             taken: Vec::new(),
             held: VecDeque::new(),
@@ -394,7 +397,7 @@ impl<H: Handler> Runtime<H> {
         self.flush();
         if self.ctx.outbox.is_empty() || self.primary_gone {
             for stream in std::mem::take(&mut self.taken) {
-                self.add_conn(stream);
+                self.add_conn(stream, true);
             }
         }
         if !self.fault_unacked.is_empty() && self.conns.is_empty() && self.taken.is_empty() {
@@ -527,7 +530,7 @@ impl<H: Handler> Runtime<H> {
                 return;
             };
             match l.accept() {
-                Ok((stream, _)) => self.add_conn(stream),
+                Ok((stream, _)) => self.add_conn(stream, false),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
@@ -539,11 +542,16 @@ impl<H: Handler> Runtime<H> {
         }
     }
 
-    fn add_conn(&mut self, stream: TcpStream) {
+    fn add_conn(&mut self, stream: TcpStream, handed: bool) {
         self.connections += 1;
         let conn = self.handler.connect(stream, &mut self.ctx);
         let entry = self.conns.vacant_entry();
-        let token = Token(FIRST_CONN + entry.key());
+        let key = entry.key();
+        if self.handed.len() <= key {
+            self.handed.resize(key + 1, false);
+        }
+        self.handed[key] = handed;
+        let token = Token(FIRST_CONN + key);
         let conn = entry.insert(conn);
         if let Err(e) = self.poll.registry().register(
             conn.stream(),
@@ -571,6 +579,11 @@ impl<H: Handler> Runtime<H> {
     fn close(&mut self, key: usize) {
         if let Some(mut conn) = self.conns.try_remove(key) {
             let _ = self.poll.registry().deregister(conn.stream());
+            if self.handed.get(key).copied().unwrap_or(false) {
+                // The primary may not have read our ack yet and still hold a copy: closing ours
+                // would then leave the FIN (and the teardown work) to it, later. Send it now.
+                let _ = conn.stream().shutdown(std::net::Shutdown::Write);
+            }
             self.closed_unreported += 1;
         }
     }
