@@ -33,6 +33,8 @@ pub struct Server {
     pub child: Child,
     pub port: u16,
     pub log: Arc<Mutex<Vec<String>>>,
+    /// Set once the captured output reached end of file (every writer closed it).
+    pub log_done: Arc<std::sync::atomic::AtomicBool>,
     seen_pids: Vec<i32>,
 }
 
@@ -80,20 +82,12 @@ impl Server {
         let mut child = cmd.spawn().expect("start herd");
         let stderr = child.stderr.take().expect("stderr");
         let log = Arc::new(Mutex::new(Vec::new()));
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if std::env::var_os("HERD_TEST_ECHO").is_some() {
-                    eprintln!("{line}");
-                }
-                sink.lock().unwrap().push(line);
-            }
-        });
+        let log_done = collect_lines(stderr, log.clone());
         Server {
             child,
             port: 0,
             log,
+            log_done,
             seen_pids: Vec::new(),
         }
     }
@@ -156,9 +150,18 @@ impl Server {
 
     /// Waits for the primary to exit and returns its status.
     pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
-        wait_for("the primary to exit", limit, || {
+        let status = wait_for("the primary to exit", limit, || {
             self.child.try_wait().ok().flatten()
-        })
+        });
+        // Its last lines may still be in the pipe: read to the end (workers that outlive a
+        // killed primary hold the pipe open, so this wait is bounded, not asserted).
+        let start = std::time::Instant::now();
+        while !self.log_done.load(std::sync::atomic::Ordering::SeqCst)
+            && start.elapsed() < Duration::from_secs(2)
+        {
+            std::thread::sleep(Duration::from_millis(5)); // poll until EOF, bounded by a deadline
+        }
+        status
     }
 
     /// Parses the last statistics table in the log into rows of
@@ -537,7 +540,13 @@ pub fn example_bin(name: &str) -> std::path::PathBuf {
 }
 
 /// Collects the lines of `r` into `sink` on a thread of its own.
-fn collect_lines(r: impl Read + Send + 'static, sink: Arc<Mutex<Vec<String>>>) {
+/// Returns a flag set once `r` reaches end of file.
+pub fn collect_lines(
+    r: impl Read + Send + 'static,
+    sink: Arc<Mutex<Vec<String>>>,
+) -> Arc<std::sync::atomic::AtomicBool> {
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = done.clone();
     std::thread::spawn(move || {
         for line in BufReader::new(r).lines() {
             let Ok(line) = line else { break };
@@ -546,7 +555,9 @@ fn collect_lines(r: impl Read + Send + 'static, sink: Arc<Mutex<Vec<String>>>) {
             }
             sink.lock().unwrap().push(line);
         }
+        flag.store(true, std::sync::atomic::Ordering::SeqCst);
     });
+    done
 }
 
 impl Server {
@@ -563,12 +574,26 @@ impl Server {
             .spawn()
             .expect("start the example");
         let log = Arc::new(Mutex::new(Vec::new()));
-        collect_lines(child.stdout.take().expect("stdout"), log.clone());
-        collect_lines(child.stderr.take().expect("stderr"), log.clone());
+        let out_done = collect_lines(child.stdout.take().expect("stdout"), log.clone());
+        let err_done = collect_lines(child.stderr.take().expect("stderr"), log.clone());
+        // Both streams must end; wait_exit watches one flag, so chain them.
+        let log_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let both = log_done.clone();
+        std::thread::spawn(move || {
+            use std::sync::atomic::Ordering::SeqCst;
+            let start = std::time::Instant::now();
+            while !(out_done.load(SeqCst) && err_done.load(SeqCst))
+                && start.elapsed() < Duration::from_secs(600)
+            {
+                std::thread::sleep(Duration::from_millis(5)); // poll both EOF flags, bounded
+            }
+            both.store(true, SeqCst);
+        });
         let mut server = Server {
             child,
             port: 0,
             log,
+            log_done,
             seen_pids: Vec::new(),
         };
         server.port = wait_for(&format!("{name}'s listening line"), DEADLINE, || {
