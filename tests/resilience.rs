@@ -294,3 +294,50 @@ fn a_worker_at_its_limit_leaves_connections_in_the_kernel_queue() {
         );
     }
 }
+
+#[test]
+fn running_out_of_descriptors_pauses_accepting_without_spinning() {
+    // A primary with 24 descriptors: a few for itself, the rest fill up with clients waiting
+    // for a worker that serves one connection at a time.
+    let server = Server::start_with_nofile(
+        24,
+        &[
+            "--workers",
+            "1",
+            "--max-connections",
+            "1",
+            "--handoff-window",
+            "1",
+            "--keepalive-timeout",
+            "60s",
+        ],
+    );
+    let mut busy = connect(server.addr());
+    busy.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let mut busy = BufReader::new(busy);
+    assert_eq!(read_response(&mut busy, false).unwrap().status, 200);
+    let waiting = load_until(
+        server.addr(),
+        40,
+        1,
+        false,
+        Arc::new(AtomicBool::new(false)),
+    );
+    server.wait_log("pausing the listener", DEADLINE);
+    // Out of descriptors, the primary rests between retries instead of spinning on accept.
+    let ticks = cpu_ticks(server.pid());
+    let start = Instant::now();
+    wait_for("a second of EMFILE", DEADLINE, || {
+        (start.elapsed() >= Duration::from_secs(1)).then_some(())
+    });
+    let used = cpu_ticks(server.pid()) - ticks;
+    assert!(
+        used < 30,
+        "the primary spun: {used} ticks of CPU in one second"
+    );
+    drop(busy);
+    let r = merge(waiting);
+    assert_eq!(r.failed, 0, "{:?}", r.errors);
+    assert_eq!(r.ok, 40);
+}

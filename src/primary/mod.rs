@@ -34,6 +34,8 @@ const SIGNALS: Token = Token(1);
 const FIRST_WORKER: usize = 2;
 /// How long a new worker may take to come online during a reload.
 const RELOAD_ONLINE_DEADLINE: Duration = Duration::from_secs(10);
+/// How long the listener rests after an accept error such as EMFILE.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 /// Consecutive quick deaths after which a slot is reported as crash-looping.
 const CRASH_LOOP: u32 = 5;
 
@@ -165,6 +167,8 @@ pub struct Primary {
     /// Listeners handed to workers (workers-accept policies); the primary keeps them open.
     held: Vec<std::net::TcpListener>,
     listener_paused: bool,
+    /// After an accept error (EMFILE, ENOBUFS, ...): do not try again before this.
+    accept_retry_at: Option<Instant>,
     backlog: VecDeque<(u64, TcpStream)>,
     next_conn: u64,
     slots: Vec<Slot>,
@@ -234,6 +238,7 @@ impl Primary {
             listener,
             held,
             listener_paused: false,
+            accept_retry_at: None,
             backlog: VecDeque::new(),
             next_conn: 0,
             slots: (1..=config.workers).map(Slot::new).collect(),
@@ -336,7 +341,11 @@ impl Primary {
     fn next_timer(&self) -> Option<Instant> {
         let respawns = self.slots.iter().filter_map(|s| s.respawn_at);
         let reload = self.reload.as_ref().and_then(|r| r.current.map(|c| c.2));
-        respawns.chain(self.shutdown_deadline).chain(reload).min()
+        respawns
+            .chain(self.shutdown_deadline)
+            .chain(reload)
+            .chain(self.accept_retry_at)
+            .min()
     }
 
     fn emit(&mut self, event: Event) {
@@ -738,8 +747,9 @@ impl Primary {
                         io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
                     ) => {}
                 Err(e) => {
-                    // EMFILE and friends: stop accepting until connections drain.
-                    log::error!("accept: {e}; pausing the listener");
+                    // EMFILE and friends: retrying at once would spin. Pause, retry later.
+                    log::error!("accept: {e}; pausing the listener for {ACCEPT_RETRY:?}");
+                    self.accept_retry_at = Some(Instant::now() + ACCEPT_RETRY);
                     self.pause_listener();
                     break;
                 }
@@ -809,6 +819,7 @@ impl Primary {
         }
         if self.listener_paused
             && self.shutdown_deadline.is_none()
+            && self.accept_retry_at.is_none()
             && self.backlog.len() < self.config.max_pending / 2
         {
             self.resume_listener();
@@ -826,6 +837,10 @@ impl Primary {
                     self.slots[i].current = self.spawn(i);
                 }
             }
+        }
+        if self.accept_retry_at.is_some_and(|t| t <= now) {
+            self.accept_retry_at = None;
+            self.dispatch();
         }
         self.step_reload(now);
         if self.shutdown_deadline.is_some_and(|d| d <= now) {

@@ -69,7 +69,27 @@ impl Server {
 
     /// Starts `herd serve` without waiting for it to come up.
     pub fn launch(args: &[&str], env: &[(&str, &str)]) -> Server {
-        let mut cmd = Command::new(herd_bin());
+        Server::launch_with(Command::new(herd_bin()), args, env)
+    }
+
+    /// Starts `herd serve` with an open-file limit of `nofile` (through the shell's `ulimit`,
+    /// which then execs herd, so the pid is herd's) and waits for it to come up.
+    pub fn start_with_nofile(nofile: u32, args: &[&str]) -> Server {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(format!("ulimit -n {nofile} && exec \"$0\" \"$@\""))
+            .arg(herd_bin());
+        let mut server = Server::launch_with(cmd, args, &[]);
+        server.port = wait_for("the listening line", DEADLINE, || {
+            server
+                .find_log("listening on http://")
+                .and_then(|l| l.rsplit(':').next()?.trim().parse().ok())
+        });
+        server.remember_workers();
+        server
+    }
+
+    fn launch_with(mut cmd: Command, args: &[&str], env: &[(&str, &str)]) -> Server {
         cmd.args(["serve", "--host", "127.0.0.1", "--port", "0"])
             .args(args)
             .env("RUST_LOG", "info")
