@@ -56,15 +56,22 @@ fn a_killed_worker_is_respawned_and_only_its_own_requests_fail() {
     );
 }
 
-#[test]
-fn sighup_replaces_every_worker_without_a_failed_request() {
-    let mut server = Server::start(&["--workers", "2"]);
+/// Reloads a 2-worker cluster under load from `keepalive` keep-alive clients and `close`
+/// new-connection clients: every request succeeds and every pid is replaced.
+fn reload_under_load(policy: &str, keepalive: usize, close: usize) {
+    let mut server = Server::start(&["--workers", "2", "--policy", policy]);
     let before = server.workers();
     let stop = Arc::new(AtomicBool::new(false));
-    let mut clients = load_until(server.addr(), 2, 1_000_000, true, stop.clone());
-    clients.extend(load_until(server.addr(), 2, 1_000_000, false, stop.clone()));
+    let mut clients = load_until(server.addr(), keepalive, 1_000_000, true, stop.clone());
+    clients.extend(load_until(
+        server.addr(),
+        close,
+        1_000_000,
+        false,
+        stop.clone(),
+    ));
     wait_for("traffic to flow", DEADLINE, || {
-        (cpu_ticks(before[0]) > 2).then_some(())
+        (cpu_ticks(before[0]) > 1).then_some(())
     });
     server.signal(Signal::SIGHUP);
     server.wait_log("reload complete", DEADLINE);
@@ -77,19 +84,15 @@ fn sighup_replaces_every_worker_without_a_failed_request() {
     });
     stop.store(true, Ordering::Relaxed);
     let r = merge(clients);
-    assert_eq!(
-        r.failed, 0,
-        "no failed request across the reload: {:?}",
-        r.errors
-    );
-    assert!(
-        after.iter().all(|p| r.by_pid.contains_key(&(*p as u32))),
-        "new pids served"
-    );
-    assert!(
-        before.iter().all(|p| r.by_pid.contains_key(&(*p as u32))),
-        "old pids served"
-    );
+    assert_eq!(r.failed, 0, "{policy}: no failed request: {:?}", r.errors);
+    let served = |pids: &[i32]| pids.iter().all(|p| r.by_pid.contains_key(&(*p as u32)));
+    assert!(served(&before), "{policy}: old pids served");
+    assert!(served(&after), "{policy}: new pids served");
+}
+
+#[test]
+fn sighup_replaces_every_worker_without_a_failed_request() {
+    reload_under_load("round-robin", 2, 2);
 }
 
 #[test]
@@ -150,6 +153,16 @@ fn the_primary_does_not_leak_descriptors() {
     );
 }
 
+/// Opens a keep-alive connection, has it served once, and keeps it open: with
+/// `--max-connections 1` it occupies the worker's only slot until dropped.
+fn occupy(server: &Server) -> BufReader<std::net::TcpStream> {
+    let mut s = connect(server.addr());
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let mut r = BufReader::new(s);
+    assert_eq!(read_response(&mut r, false).unwrap().status, 200);
+    r
+}
+
 #[test]
 fn overload_is_held_in_a_bounded_queue_and_nothing_is_dropped() {
     // One worker that serves one connection at a time; the primary may queue 8 more.
@@ -166,11 +179,7 @@ fn overload_is_held_in_a_bounded_queue_and_nothing_is_dropped() {
         "60s",
     ]);
     let baseline = fd_count(server.pid());
-    let mut busy = connect(server.addr());
-    busy.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
-        .unwrap();
-    let mut busy = BufReader::new(busy);
-    assert_eq!(read_response(&mut busy, false).unwrap().status, 200);
+    let busy = occupy(&server);
     // 60 clients queue up behind the busy connection.
     let waiting = load_until(
         server.addr(),
@@ -197,29 +206,7 @@ fn overload_is_held_in_a_bounded_queue_and_nothing_is_dropped() {
 #[test]
 fn reload_works_for_every_policy() {
     for policy in ["least-connections", "shared", "reuseport"] {
-        let mut server = Server::start(&["--workers", "2", "--policy", policy]);
-        let before = server.workers();
-        let stop = Arc::new(AtomicBool::new(false));
-        let clients = load_until(server.addr(), 3, 1_000_000, false, stop.clone());
-        wait_for("traffic to flow", DEADLINE, || {
-            (cpu_ticks(before[0]) > 1).then_some(())
-        });
-        server.signal(Signal::SIGHUP);
-        server.wait_log("reload complete", DEADLINE);
-        let after = wait_for("old workers to exit", DEADLINE, || {
-            let now = server.workers();
-            (now.len() == 2 && now.iter().all(|p| !before.contains(p))).then_some(now)
-        });
-        wait_for("new workers to serve", DEADLINE, || {
-            after.iter().all(|&p| cpu_ticks(p) > 1).then_some(())
-        });
-        stop.store(true, Ordering::Relaxed);
-        let r = merge(clients);
-        assert_eq!(r.failed, 0, "{policy}: {:?}", r.errors);
-        assert!(
-            after.iter().all(|p| r.by_pid.contains_key(&(*p as u32))),
-            "{policy}"
-        );
+        reload_under_load(policy, 1, 3);
     }
 }
 
@@ -259,11 +246,7 @@ fn a_worker_at_its_limit_leaves_connections_in_the_kernel_queue() {
             "--keepalive-timeout",
             "60s",
         ]);
-        let mut busy = connect(server.addr());
-        busy.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
-            .unwrap();
-        let mut busy = BufReader::new(busy);
-        assert_eq!(read_response(&mut busy, false).unwrap().status, 200);
+        let busy = occupy(&server);
         let stop = Arc::new(AtomicBool::new(false));
         let waiting = load_until(server.addr(), 10, 1, false, stop);
         // While the worker is full, nothing is answered (and nothing is accepted and dropped).
@@ -312,11 +295,7 @@ fn running_out_of_descriptors_pauses_accepting_without_spinning() {
             "60s",
         ],
     );
-    let mut busy = connect(server.addr());
-    busy.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
-        .unwrap();
-    let mut busy = BufReader::new(busy);
-    assert_eq!(read_response(&mut busy, false).unwrap().status, 200);
+    let busy = occupy(&server);
     let waiting = load_until(
         server.addr(),
         40,
