@@ -169,7 +169,7 @@ impl HttpConn {
         let over_limit = self.limits.max_requests > 0 && self.requests >= self.limits.max_requests;
         let keep = head.keep_alive && !ctx.draining() && !over_limit;
         let mut date = self.shared.date.borrow_mut();
-        match routes::route(&head.method, &head.target, &self.shared.hello) {
+        match routes::route(&head.method, &head.path, &self.shared.hello) {
             Reply::Text(status, body) => response::write(
                 &mut self.wbuf,
                 status,
@@ -241,8 +241,7 @@ impl HttpConn {
                         Body::Chunked => BodyState::ChunkSize,
                     };
                     if head.expect_continue && self.body != BodyState::Done {
-                        self.wbuf
-                            .extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+                        self.wbuf.extend_from_slice(response::CONTINUE);
                     }
                     self.pending = Some(head);
                     progressed = true;

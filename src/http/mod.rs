@@ -6,7 +6,7 @@
 //! panic the worker.
 
 mod conn;
-mod request;
+pub mod request;
 mod response;
 mod routes;
 
