@@ -2,13 +2,22 @@
 //!
 //! Requests are parsed with `httparse`; responses are produced in order (pipelining), bodies are
 //! read and discarded (`Content-Length` or chunked), keep-alive follows HTTP/1.0 and 1.1 rules.
-//! Malformed input gets a `4xx`/`5xx` status and the connection is closed; no client byte can
-//! panic the worker.
+//! Malformed input gets a `4xx`/`5xx` status and the connection is closed after a lingering
+//! close; no client byte can panic the worker. The exact rules are in [`request`] (heads) and
+//! [`body`] (bodies); [`Session`] is the socket-free state machine, [`HttpConn`] its socket.
+//!
+//! Timeouts, all checked by the worker's sweep: a new connection must send a complete head
+//! within `header_timeout` of being accepted, a later request within `header_timeout` of its
+//! first byte; a body may pause at most `header_timeout` between reads; an idle keep-alive
+//! connection is closed after `keepalive_timeout`; a response that makes no progress for 60 s is
+//! abandoned. An incomplete head or body at its deadline is answered `408`.
 
+pub mod body;
 mod conn;
 pub mod request;
 mod response;
 mod routes;
+mod session;
 
 use std::time::Duration;
 
@@ -17,6 +26,7 @@ use mio::net::TcpStream;
 pub use conn::HttpConn;
 pub use request::{parse, Body, Head, Reject};
 pub use response::{reason, DateCache};
+pub use session::{Closing, Phase, Session};
 
 use crate::worker::{Context, Handler};
 
@@ -48,14 +58,14 @@ impl Default for Limits {
 #[derive(Debug)]
 pub struct HttpHandler {
     limits: Limits,
-    shared: conn::Shared,
+    shared: session::Shared,
 }
 
 impl HttpHandler {
     /// A server with the given limits.
     pub fn new(limits: Limits) -> HttpHandler {
         HttpHandler {
-            shared: conn::Shared::new(),
+            shared: session::Shared::new(),
             limits,
         }
     }
