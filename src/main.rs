@@ -51,10 +51,10 @@ struct ServeArgs {
     /// Connections a worker may hold unacked (1: Node's behaviour)
     #[arg(long, env = "HERD_HANDOFF_WINDOW", default_value_t = herd::DEFAULT_HANDOFF_WINDOW as u32, value_parser = clap::value_parser!(u32).range(1..))]
     handoff_window: u32,
-    /// Largest request head in bytes (larger: 431)
+    /// Largest request head in bytes (larger: 431, or 414 for a too long request line)
     #[arg(long, default_value_t = 8 * 1024)]
     max_head_bytes: usize,
-    /// Time allowed to send a request head (slowloris guard; then 408)
+    /// Time allowed to send a request head, and longest pause in a request body (then 408)
     #[arg(long, default_value = "10s", value_parser = duration)]
     header_timeout: Duration,
     /// Time an idle keep-alive connection stays open

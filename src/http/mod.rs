@@ -33,9 +33,12 @@ use crate::worker::{Context, Handler};
 /// Limits and timeouts of the HTTP server.
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// Largest request head (request line and headers); larger is answered `431`.
+    /// Largest request head (request line and headers); larger is answered `431` (`414` when
+    /// the request line alone does not fit). Also bounds a chunked body's trailer section.
     pub max_head: usize,
-    /// Time allowed to send a complete request head, from the first byte (slowloris guard).
+    /// Time allowed to send a complete request head (slowloris guard): from the accept for a
+    /// connection's first request, from the first byte for later ones. Also the longest pause
+    /// allowed inside a request body. Then `408` and close.
     pub header_timeout: Duration,
     /// Time an idle keep-alive connection is kept open.
     pub keepalive_timeout: Duration,
