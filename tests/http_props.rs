@@ -66,11 +66,12 @@ fn parse_one(out: &[u8]) -> Result<(Option<Answer>, usize), String> {
     if status == 405 && header(resp.headers, "allow")? != "GET, HEAD" {
         return Err("405 without Allow".into());
     }
-    // A response to HEAD has no body; bodies never start with a status line.
+    // A response to HEAD has no body. No body this server sends starts with a status line, so
+    // a status line (or the end) right after the head means no body; else `len` bytes follow.
     let after = &out[n..];
     let body = match after.get(len..) {
-        Some(rest) if is_next(rest) => len,
         _ if is_next(after) => 0,
+        Some(rest) if is_next(rest) => len,
         _ => return Err(format!("body is not {len} bytes: {}", lossy(after))),
     };
     Ok((
