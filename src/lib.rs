@@ -98,7 +98,7 @@ pub struct Cluster {
     shutdown_timeout: Duration,
     handoff_window: usize,
     max_pending: usize,
-    defer_accept: bool,
+    defer_accept: Option<Duration>,
     max_connections: usize,
     args: Option<Vec<OsString>>,
     env: Vec<(OsString, OsString)>,
@@ -121,7 +121,7 @@ impl Cluster {
             shutdown_timeout: Duration::from_secs(30),
             handoff_window: DEFAULT_HANDOFF_WINDOW,
             max_pending: DEFAULT_MAX_PENDING,
-            defer_accept: false,
+            defer_accept: None,
             max_connections: 0,
             args: None,
             env: Vec::new(),
@@ -171,13 +171,14 @@ impl Cluster {
         self
     }
 
-    /// Hand a connection over only once the client has sent its first bytes
-    /// (`TCP_DEFER_ACCEPT`, nginx's `deferred`). Right for HTTP, where the client speaks
-    /// first: the worker finds the request waiting and serves it in the turn it takes the
-    /// socket. Wrong for protocols where the server speaks first. Off by default; `herd serve`
-    /// turns it on.
-    pub fn defer_accept(mut self, on: bool) -> Self {
-        self.defer_accept = on;
+    /// Hand a connection over only once the client has sent its first bytes, waiting at most
+    /// about `within` (`TCP_DEFER_ACCEPT`, nginx's `deferred`; the kernel rounds up to its
+    /// SYN-ACK retransmission times). Right for HTTP, where the client speaks first: the worker
+    /// finds the request waiting and serves it in the turn it takes the socket, and silent
+    /// connections never reach a worker. Wrong for protocols where the server speaks first.
+    /// Off (`None`) by default; `herd serve` uses its header timeout.
+    pub fn defer_accept(mut self, within: Option<Duration>) -> Self {
+        self.defer_accept = within;
         self
     }
 

@@ -54,10 +54,10 @@ struct ServeArgs {
     /// Accepted connections waiting for a worker before the primary stops accepting
     #[arg(long, default_value_t = herd::DEFAULT_MAX_PENDING as u32, value_parser = clap::value_parser!(u32).range(1..))]
     max_pending: u32,
-    /// Largest request head in bytes (larger: 431)
+    /// Largest request head in bytes (larger: 431, or 414 for a too long request line)
     #[arg(long, default_value_t = 8 * 1024)]
     max_head_bytes: usize,
-    /// Time allowed to send a request head (slowloris guard; then 408)
+    /// Time allowed to send a request head, and longest pause in a request body (then 408)
     #[arg(long, default_value = "10s", value_parser = duration)]
     header_timeout: Duration,
     /// Time an idle keep-alive connection stays open
@@ -99,7 +99,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         .handoff_window(args.handoff_window as usize)
         .max_connections(args.max_connections)
         .max_pending(args.max_pending as usize)
-        .defer_accept(true);
+        .defer_accept(Some(args.header_timeout));
     if let Some(n) = args.workers {
         cluster = cluster.workers(n as usize);
     }

@@ -2,13 +2,22 @@
 //!
 //! Requests are parsed with `httparse`; responses are produced in order (pipelining), bodies are
 //! read and discarded (`Content-Length` or chunked), keep-alive follows HTTP/1.0 and 1.1 rules.
-//! Malformed input gets a `4xx`/`5xx` status and the connection is closed; no client byte can
-//! panic the worker.
+//! Malformed input gets a `4xx`/`5xx` status and the connection is closed after a lingering
+//! close; no client byte can panic the worker. The exact rules are in [`request`] (heads) and
+//! [`body`] (bodies); [`Session`] is the socket-free state machine, [`HttpConn`] its socket.
+//!
+//! Timeouts, all checked by the worker's sweep: a new connection must send a complete head
+//! within `header_timeout` of being accepted, a later request within `header_timeout` of its
+//! first byte; a body may pause at most `header_timeout` between reads; an idle keep-alive
+//! connection is closed after `keepalive_timeout`; a response that makes no progress for 60 s is
+//! abandoned. An incomplete head or body at its deadline is answered `408`.
 
+pub mod body;
 mod conn;
-mod request;
+pub mod request;
 mod response;
 mod routes;
+mod session;
 
 use std::time::Duration;
 
@@ -17,15 +26,19 @@ use mio::net::TcpStream;
 pub use conn::HttpConn;
 pub use request::{parse, Body, Head, Reject};
 pub use response::{reason, DateCache};
+pub use session::{Closing, Phase, Session};
 
 use crate::worker::{Context, Handler};
 
 /// Limits and timeouts of the HTTP server.
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// Largest request head (request line and headers); larger is answered `431`.
+    /// Largest request head (request line and headers); larger is answered `431` (`414` when
+    /// the request line alone does not fit). Also bounds a chunked body's trailer section.
     pub max_head: usize,
-    /// Time allowed to send a complete request head, from the first byte (slowloris guard).
+    /// Time allowed to send a complete request head (slowloris guard): from the accept for a
+    /// connection's first request, from the first byte for later ones. Also the longest pause
+    /// allowed inside a request body. Then `408` and close.
     pub header_timeout: Duration,
     /// Time an idle keep-alive connection is kept open.
     pub keepalive_timeout: Duration,
@@ -48,14 +61,14 @@ impl Default for Limits {
 #[derive(Debug)]
 pub struct HttpHandler {
     limits: Limits,
-    shared: conn::Shared,
+    shared: session::Shared,
 }
 
 impl HttpHandler {
     /// A server with the given limits.
     pub fn new(limits: Limits) -> HttpHandler {
         HttpHandler {
-            shared: conn::Shared::new(),
+            shared: session::Shared::new(),
             limits,
         }
     }

@@ -1,4 +1,26 @@
 //! Parsing one request head with `httparse`, and the framing rules that follow from it.
+//!
+//! The rules, checked against RFC 9112 and with nginx as the bar:
+//!
+//! - Lines end in CRLF; a bare LF is accepted as a line end (RFC 9112 §2.2 allows it, nginx
+//!   does it), a bare CR anywhere is `400`. Empty lines before the request line are skipped.
+//! - Whitespace before a header's colon, obs-fold (a line starting with SP/HTAB), an empty header
+//!   name, or a control byte (NUL, DEL, ...) in a name or value is `400` (`httparse`).
+//! - The method must be a token; the target must be valid bytes and UTF-8. Origin-form
+//!   (`/path`) is served; absolute-form (`http://host/path`) is served by its path;
+//!   `*` only with `OPTIONS` and authority-form only with `CONNECT` (both then `405`);
+//!   any other target is `400`.
+//! - `HTTP/1.0` and `HTTP/1.1` are served; another well-formed `HTTP/x.y` is `505`; anything
+//!   else is `400`.
+//! - HTTP/1.1 requests need exactly one `Host`; more than one is `400` in any version; a `Host`
+//!   value must be a plausible authority (no `/`, spaces, `@`, control bytes...).
+//! - `Content-Length` must be one header with one decimal number: a list (`5, 5`), a sign, a
+//!   duplicate header (even with an equal value, as nginx) or a number that overflows is `400`.
+//! - `Transfer-Encoding` must be exactly `chunked` (else `501`), at most once, not in HTTP/1.0,
+//!   and never together with `Content-Length` (all `400`): no request smuggling.
+//! - `Expect: 100-continue` is honoured in HTTP/1.1 and ignored in HTTP/1.0; any other
+//!   expectation is `417`.
+//! - A head larger than the limit is `431`, or `414` when the request line alone is too long.
 
 /// How the request's body is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,15 +38,17 @@ pub enum Body {
 pub struct Head {
     /// Request method, as sent.
     pub method: String,
-    /// Request target (path and query).
+    /// Request target, as sent.
     pub target: String,
+    /// The path and query to route on (origin-form, also for an absolute-form target).
+    pub path: String,
     /// Minor HTTP version: 0 for HTTP/1.0, 1 for HTTP/1.1.
     pub minor: u8,
     /// Whether the connection stays open after this request.
     pub keep_alive: bool,
     /// Body framing.
     pub body: Body,
-    /// `Expect: 100-continue` was sent.
+    /// `Expect: 100-continue` was sent (only set for HTTP/1.1).
     pub expect_continue: bool,
     /// Length of the head in bytes, including the blank line.
     pub len: usize,
@@ -53,19 +77,149 @@ const fn reject(status: u16, why: &'static str) -> Reject {
 /// Most header lines accepted in one request.
 pub const MAX_HEADERS: usize = 64;
 
-/// True when the request line ends in a well-formed `HTTP/x.y` with a major version other than 1
-/// (worth a `505`); anything else that fails the version check is just malformed (`400`).
+/// The refusal for a head that does not fit in `max_head` bytes: `414` when the request line
+/// alone does not fit, `431` otherwise.
+pub fn too_large(buf: &[u8], max_head: usize) -> Reject {
+    let start = buf
+        .iter()
+        .position(|&b| b != b'\r' && b != b'\n')
+        .unwrap_or(buf.len());
+    let rest = buf.get(start..).unwrap_or_default();
+    match rest.iter().position(|&b| b == b'\n') {
+        Some(end) if end <= max_head => reject(431, "request head too large"),
+        _ => reject(414, "request line too long"),
+    }
+}
+
+/// True when the request line ends in a well-formed `HTTP/x.y` other than 1.0 and 1.1 (worth a
+/// `505`); anything else that fails the version check is just malformed (`400`).
 fn other_http_version(buf: &[u8]) -> bool {
-    let line = buf.split(|&b| b == b'\n').next().unwrap_or(buf);
+    let start = buf
+        .iter()
+        .position(|&b| b != b'\r' && b != b'\n')
+        .unwrap_or(buf.len());
+    let rest = buf.get(start..).unwrap_or_default();
+    let line = rest.split(|&b| b == b'\n').next().unwrap_or(rest);
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     let Some(v) = line.rsplit(|&b| b == b' ').next() else {
         return false;
     };
     matches!(v, [b'H', b'T', b'T', b'P', b'/', major, b'.', minor]
-        if major.is_ascii_digit() && minor.is_ascii_digit() && *major != b'1')
+        if major.is_ascii_digit() && minor.is_ascii_digit() && !(*major == b'1' && *minor <= b'1'))
+}
+
+/// What the header fields of one request say, gathered in one pass.
+#[derive(Debug, Default)]
+struct Fields {
+    length: Option<u64>,
+    chunked: bool,
+    close: bool,
+    keep_alive: bool,
+    expect_continue: bool,
+    hosts: usize,
+}
+
+impl Fields {
+    fn add(&mut self, name: &str, value: &[u8], minor: u8) -> Result<(), Reject> {
+        if name.eq_ignore_ascii_case("content-length") {
+            if self.length.is_some() {
+                return Err(reject(400, "duplicate content-length"));
+            }
+            self.length = Some(content_length(value)?);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            if !value.eq_ignore_ascii_case(b"chunked") {
+                return Err(reject(501, "unsupported transfer-encoding"));
+            }
+            if self.chunked || minor == 0 {
+                return Err(reject(400, "bad transfer-encoding"));
+            }
+            self.chunked = true;
+        } else if name.eq_ignore_ascii_case("connection") {
+            for token in value.split(|&b| b == b',') {
+                let t = token.trim_ascii();
+                self.close |= t.eq_ignore_ascii_case(b"close");
+                self.keep_alive |= t.eq_ignore_ascii_case(b"keep-alive");
+            }
+        } else if name.eq_ignore_ascii_case("expect") {
+            if !value.eq_ignore_ascii_case(b"100-continue") {
+                return Err(reject(417, "unsupported expectation"));
+            }
+            self.expect_continue = minor == 1;
+        } else if name.eq_ignore_ascii_case("host") {
+            if !valid_host(value) {
+                return Err(reject(400, "invalid host"));
+            }
+            self.hosts += 1;
+        }
+        Ok(())
+    }
+
+    fn body(&self) -> Result<Body, Reject> {
+        Ok(match (self.chunked, self.length) {
+            (true, Some(_)) => {
+                return Err(reject(400, "both Content-Length and Transfer-Encoding"))
+            }
+            (true, None) => Body::Chunked,
+            (false, Some(0)) | (false, None) => Body::None,
+            (false, Some(n)) => Body::Length(n),
+        })
+    }
+}
+
+/// `Content-Length = 1*DIGIT`, nothing else (no sign, no list, no overflow).
+fn content_length(value: &[u8]) -> Result<u64, Reject> {
+    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+        return Err(reject(400, "bad content-length"));
+    }
+    value.iter().try_fold(0u64, |n, &d| {
+        n.checked_mul(10)
+            .and_then(|n| n.checked_add(u64::from(d - b'0')))
+            .ok_or(reject(400, "content-length overflow"))
+    })
+}
+
+/// A `Host` value: empty, or a reg-name / IP literal with an optional port.
+fn valid_host(value: &[u8]) -> bool {
+    value
+        .iter()
+        .all(|&b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%:[]".contains(&b))
+}
+
+/// The path to route on, from the request target (see the module documentation).
+fn route_path(method: &str, target: &str) -> Result<String, Reject> {
+    if target.starts_with('/') {
+        return Ok(target.to_string());
+    }
+    if target == "*" && method == "OPTIONS" {
+        return Ok(target.to_string());
+    }
+    if method == "CONNECT" {
+        return Ok(target.to_string());
+    }
+    let rest = strip_prefix_ci(target, "http://")
+        .or_else(|| strip_prefix_ci(target, "https://"))
+        .ok_or(reject(400, "bad request target"))?;
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(end);
+    if authority.is_empty() || !valid_host(authority.as_bytes()) {
+        return Err(reject(400, "bad authority in request target"));
+    }
+    Ok(match path.as_bytes().first() {
+        Some(b'/') => path.to_string(),
+        _ => format!("/{path}"),
+    })
+}
+
+fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
+    let head = s.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| s.get(prefix.len()..))
+        .flatten()
 }
 
 /// Parses a head from the start of `buf`. `Ok(None)`: not complete yet.
+///
+/// The caller enforces the size limit (see [`too_large`]).
 pub fn parse(buf: &[u8]) -> Result<Option<Head>, Reject> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
@@ -81,72 +235,27 @@ pub fn parse(buf: &[u8]) -> Result<Option<Head>, Reject> {
     let minor = req.version.ok_or(reject(400, "no version"))?;
     let method = req.method.ok_or(reject(400, "no method"))?;
     let target = req.path.ok_or(reject(400, "no target"))?;
-    let mut keep_alive = minor == 1;
-    let mut length: Option<u64> = None;
-    let mut chunked = false;
-    let mut expect_continue = false;
-    let mut host = 0;
+    let mut fields = Fields::default();
     for h in req.headers.iter() {
-        let name = h.name;
-        if name.eq_ignore_ascii_case("content-length") {
-            let v = std::str::from_utf8(h.value).map_err(|_| reject(400, "bad content-length"))?;
-            let v = v.trim();
-            if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(reject(400, "bad content-length"));
-            }
-            let n: u64 = v
-                .parse()
-                .map_err(|_| reject(400, "content-length overflow"))?;
-            if length.is_some_and(|prev| prev != n) {
-                return Err(reject(400, "conflicting content-length"));
-            }
-            length = Some(n);
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            let v =
-                std::str::from_utf8(h.value).map_err(|_| reject(400, "bad transfer-encoding"))?;
-            let last = v.rsplit(',').next().unwrap_or("").trim();
-            if !last.eq_ignore_ascii_case("chunked") {
-                return Err(reject(501, "unsupported transfer-encoding"));
-            }
-            if chunked || minor == 0 {
-                return Err(reject(400, "bad transfer-encoding"));
-            }
-            chunked = true;
-        } else if name.eq_ignore_ascii_case("connection") {
-            for token in h.value.split(|&b| b == b',') {
-                let t = token.trim_ascii();
-                if t.eq_ignore_ascii_case(b"close") {
-                    keep_alive = false;
-                } else if t.eq_ignore_ascii_case(b"keep-alive") && minor == 0 {
-                    keep_alive = true;
-                }
-            }
-        } else if name.eq_ignore_ascii_case("expect") {
-            if h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue") {
-                expect_continue = true;
-            } else {
-                return Err(reject(417, "unsupported expectation"));
-            }
-        } else if name.eq_ignore_ascii_case("host") {
-            host += 1;
-        }
+        fields.add(h.name, h.value, minor)?;
     }
-    if minor == 1 && host != 1 {
+    if fields.hosts > 1 || (minor == 1 && fields.hosts == 0) {
         return Err(reject(400, "HTTP/1.1 needs exactly one Host header"));
     }
-    let body = match (chunked, length) {
-        (true, Some(_)) => return Err(reject(400, "both Content-Length and Transfer-Encoding")),
-        (true, None) => Body::Chunked,
-        (false, Some(0)) | (false, None) => Body::None,
-        (false, Some(n)) => Body::Length(n),
+    let body = fields.body()?;
+    let keep_alive = if minor == 1 {
+        !fields.close
+    } else {
+        fields.keep_alive && !fields.close
     };
     Ok(Some(Head {
+        path: route_path(method, target)?,
         method: method.to_string(),
         target: target.to_string(),
         minor,
-        keep_alive,
+        keep_alive: keep_alive && method != "CONNECT",
         body,
-        expect_continue,
+        expect_continue: fields.expect_continue,
         len,
     }))
 }
@@ -163,45 +272,107 @@ mod tests {
         }
     }
 
+    fn head(raw: &str) -> Head {
+        match parse(raw.as_bytes()) {
+            Ok(Some(h)) => h,
+            other => panic!("{raw:?}: {other:?}"),
+        }
+    }
+
     #[test]
     fn keep_alive_rules() {
-        let h = parse(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-            .unwrap()
-            .unwrap();
-        assert!(h.keep_alive);
-        let h = parse(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
-            .unwrap()
-            .unwrap();
-        assert!(!h.keep_alive);
-        let h = parse(b"GET / HTTP/1.0\r\n\r\n").unwrap().unwrap();
-        assert!(!h.keep_alive);
-        let h = parse(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n")
-            .unwrap()
-            .unwrap();
-        assert!(h.keep_alive);
+        assert!(head("GET / HTTP/1.1\r\nHost: a\r\n\r\n").keep_alive);
+        assert!(!head("GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").keep_alive);
+        assert!(!head("GET / HTTP/1.1\r\nHost: a\r\nConnection: x, Close\r\n\r\n").keep_alive);
+        assert!(!head("GET / HTTP/1.0\r\n\r\n").keep_alive);
+        assert!(head("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").keep_alive);
+        assert!(!head("GET / HTTP/1.0\r\nConnection: keep-alive, close\r\n\r\n").keep_alive);
+        assert!(!head("CONNECT a:1 HTTP/1.1\r\nHost: a\r\n\r\n").keep_alive);
     }
 
     #[test]
     fn framing_rejections() {
         assert_eq!(status("GET / HTTP/1.1\r\nHost: a\r\n"), 0);
+        for (raw, want) in [
+            ("GET / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\nHost: a\r\nContent-Length: +1\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\nHost: a\r\nContent-Length: \r\n\r\n", 400),
+            (
+                "GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999\r\n\r\n",
+                400,
+            ),
+            (
+                "GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+                400,
+            ),
+            (
+                "GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
+                400,
+            ),
+            (
+                "GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+                400,
+            ),
+            (
+                "GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+                400,
+            ),
+            ("GET / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
+            ("GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 501),
+            ("GET / HTTP/1.1\r\nHost: a\r\nExpect: magic\r\n\r\n", 417),
+            ("GET / HTTP/2.0\r\nHost: a\r\n\r\n", 505),
+            ("GET / HTTP/1.2\r\nHost: a\r\n\r\n", 505),
+            ("GET / HTTP/1.1x\r\nHost: a\r\n\r\n", 400),
+            ("NOT HTTP AT ALL\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+            ("GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\nHost: a/b\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\nHost: a b\r\n\r\n", 400),
+            ("GET foo HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+            ("GET * HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+            ("GET http:///x HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n b\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\nHost : a\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\nHost: a\0b\r\n\r\n", 400),
+            ("GET / HTTP/1.1\rHost: a\r\r", 400),
+        ] {
+            assert_eq!(status(raw), want, "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn accepted_forms() {
+        assert_eq!(head("GET / HTTP/1.1\nHost: a\n\n").len, 24);
+        assert_eq!(head("\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n").path, "/");
         assert_eq!(
-            status("GET / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n"),
-            400
+            head("GET http://a:80/bytes?n=1 HTTP/1.1\r\nHost: b\r\n\r\n").path,
+            "/bytes?n=1"
         );
         assert_eq!(
-            status("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"),
-            400
+            head("GET HTTP://a?x HTTP/1.1\r\nHost: b\r\n\r\n").path,
+            "/?x"
         );
+        assert_eq!(head("OPTIONS * HTTP/1.1\r\nHost: b\r\n\r\n").path, "*");
+        assert_eq!(head("GET / HTTP/1.1\r\nHost:\r\n\r\n").path, "/");
+        let h = head("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\n\r\n");
+        assert_eq!(h.body, Body::Chunked);
+        let h = head("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 007\r\n\r\n");
+        assert_eq!(h.body, Body::Length(7));
+        assert!(head("POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-Continue\r\n\r\n").expect_continue);
+        assert!(!head("POST / HTTP/1.0\r\nExpect: 100-continue\r\n\r\n").expect_continue);
+    }
+
+    #[test]
+    fn size_refusals() {
+        assert_eq!(too_large(b"GET /aaaaaaaa", 8).status, 414);
+        assert_eq!(too_large(b"GET / HTTP/1.1\r\nHost: aaaaa", 20).status, 431);
         assert_eq!(
-            status("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"),
-            400
+            too_large(b"\r\n\r\nGET / HTTP/1.1\r\nX: aaaaa", 20).status,
+            431
         );
-        assert_eq!(
-            status("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n"),
-            501
-        );
-        assert_eq!(status("GET / HTTP/2.0\r\nHost: a\r\n\r\n"), 505);
-        assert_eq!(status("NOT HTTP AT ALL\r\n\r\n"), 400);
-        assert_eq!(status("GET / HTTP/1.1\r\n\r\n"), 400);
+        assert_eq!(too_large(b"", 0).status, 414);
     }
 }

@@ -72,13 +72,23 @@ pub fn write(
     }
 }
 
+/// The methods every route answers, sent in `Allow` with a `405`.
+pub const ALLOWED_METHODS: &str = "GET, HEAD";
+
+/// The interim response to `Expect: 100-continue`.
+pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
 /// Appends a status line and headers for a body of `len` bytes (written separately).
 pub fn write_head(out: &mut Vec<u8>, status: u16, date: &str, keep_alive: bool, len: u64) {
     let conn = if keep_alive { "keep-alive" } else { "close" };
     // Writing into a Vec cannot fail.
     let _ = write!(
         out,
-        "HTTP/1.1 {status} {}\r\nDate: {date}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {len}\r\nConnection: {conn}\r\n\r\n",
+        "HTTP/1.1 {status} {}\r\nDate: {date}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {len}\r\nConnection: {conn}\r\n",
         reason(status)
     );
+    if status == 405 {
+        let _ = write!(out, "Allow: {ALLOWED_METHODS}\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
 }

@@ -24,7 +24,7 @@ fn query_u64(target: &str, key: &str) -> Option<u64> {
         .and_then(|(_, v)| v.parse().ok())
 }
 
-/// Routes one request.
+/// Routes one request; `target` is the origin-form path and query.
 pub fn route(method: &str, target: &str, hello: &[u8]) -> Reply {
     if method != "GET" && method != "HEAD" {
         return Reply::Text(405, b"method not allowed\n".to_vec());

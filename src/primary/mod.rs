@@ -54,14 +54,12 @@ pub struct Config {
     pub handoff_window: usize,
     /// Accepted connections waiting for a worker before the primary stops accepting.
     pub max_pending: usize,
-    /// Accept a connection only once the client has sent data (`TCP_DEFER_ACCEPT`).
-    pub defer_accept: bool,
+    /// Accept a connection only once the client has sent data, waiting at most about this
+    /// long (`TCP_DEFER_ACCEPT`).
+    pub defer_accept: Option<Duration>,
     /// How workers are started.
     pub spawner: Spawner,
 }
-
-/// Seconds the kernel waits for a client's first bytes before accepting anyway.
-const DEFER_ACCEPT_SECS: i32 = 5;
 
 /// Why the primary could not run.
 #[derive(Debug, thiserror::Error)]
@@ -214,14 +212,15 @@ impl Primary {
                 (None, listen::bind_group(config.addr, config.workers)?)
             }
         };
-        if config.defer_accept {
+        if let Some(within) = config.defer_accept {
+            let secs = within.as_secs_f64().ceil().clamp(1.0, i32::MAX as f64) as i32;
             use std::os::fd::AsFd;
             let fds = listener
                 .iter()
                 .map(|l| l.as_fd())
                 .chain(held.iter().map(|l| l.as_fd()));
             for fd in fds {
-                if let Err(e) = listen::defer_accept(fd, DEFER_ACCEPT_SECS) {
+                if let Err(e) = listen::defer_accept(fd, secs) {
                     log::warn!("TCP_DEFER_ACCEPT not available: {e}");
                 }
             }

@@ -702,3 +702,62 @@ pub fn run_example(name: &str, args: &[&str], limit: Duration) -> Finished {
         stderr,
     }
 }
+
+/// Parses every complete response in `bytes` (none of them answers a HEAD).
+pub fn parse_responses(bytes: &[u8]) -> Vec<Response> {
+    let mut r = std::io::Cursor::new(bytes);
+    let mut out = Vec::new();
+    while let Ok(resp) = read_response(&mut r, false) {
+        out.push(resp);
+    }
+    out
+}
+
+/// How a connection ended when read to its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// The peer closed (FIN).
+    Eof,
+    /// The peer reset the connection.
+    Reset,
+    /// Still open when the time ran out.
+    Open,
+}
+
+/// Reads until the peer closes or resets, or `limit` passes; returns what was read.
+pub fn read_to_close(s: &mut TcpStream, limit: Duration) -> (Vec<u8>, End) {
+    let start = Instant::now();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let Some(left) = limit.checked_sub(start.elapsed()).filter(|d| !d.is_zero()) else {
+            return (out, End::Open);
+        };
+        let _ = s.set_read_timeout(Some(left.min(Duration::from_millis(200))));
+        match s.read(&mut buf) {
+            Ok(0) => return (out, End::Eof),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return (out, End::Reset),
+        }
+    }
+}
+
+/// Sends raw bytes on a new connection, reads until the server closes (at most `limit`).
+pub fn exchange(addr: SocketAddr, bytes: &[u8], limit: Duration) -> (Vec<u8>, End) {
+    let mut s = connect(addr);
+    let _ = s.write_all(bytes);
+    read_to_close(&mut s, limit)
+}
+
+/// The pid of the worker that answers `GET /` (panics unless it answers 200).
+pub fn serving_pid(addr: SocketAddr) -> u32 {
+    let r = get(addr, "/").expect("GET / answered");
+    assert_eq!(r.status, 200, "GET / status");
+    r.pid()
+}

@@ -1,0 +1,405 @@
+//! The protocol core of one connection, with no socket: client bytes in, response bytes out.
+//!
+//! [`Session`] parses requests, discards their bodies, and queues the responses in order. It
+//! never blocks and never panics on client bytes; [`super::HttpConn`] moves bytes between it
+//! and a socket and keeps the clocks. Tests drive it directly.
+
+use std::cell::RefCell;
+use std::io::{self, Read};
+use std::rc::Rc;
+
+use super::body::Decoder;
+use super::request::{self, Head, Reject};
+use super::response::{self, DateCache};
+use super::routes::{self, Reply};
+use super::Limits;
+
+/// Read granularity.
+const READ_CHUNK: usize = 16 * 1024;
+/// Stop producing responses once this much output waits (a slow reader holds us back).
+const OUT_HIGH: usize = 64 * 1024;
+
+/// State shared by the connections of one worker.
+#[derive(Debug, Clone)]
+pub(super) struct Shared {
+    hello: Rc<[u8]>,
+    date: Rc<RefCell<DateCache>>,
+}
+
+impl Shared {
+    pub(super) fn new() -> Shared {
+        Shared {
+            hello: format!("Hello World! {}", std::process::id())
+                .into_bytes()
+                .into(),
+            date: Rc::default(),
+        }
+    }
+}
+
+/// Why a session ends once its output is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closing {
+    /// The last response said `Connection: close` (client asked, HTTP/1.0, request limit,
+    /// shutdown).
+    Done,
+    /// A request was refused (`4xx`/`5xx`); the client may still be sending, so the socket
+    /// should linger before it is closed.
+    Refused,
+}
+
+/// What a session is waiting for, which decides its timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Nothing buffered, nothing owed: waiting for a request.
+    Idle,
+    /// Part of a request head has arrived.
+    Head,
+    /// A request's body is being read.
+    Body,
+    /// Output is waiting to be written.
+    Output,
+}
+
+/// One connection's HTTP/1.1 state machine.
+#[derive(Debug)]
+pub struct Session {
+    limits: Limits,
+    shared: Shared,
+    input: Vec<u8>,
+    /// Bytes of `input` already consumed.
+    ipos: usize,
+    out: Vec<u8>,
+    /// Bytes of `out` already written.
+    opos: usize,
+    /// Bytes of a `/bytes` body still to produce.
+    streaming: u64,
+    /// The request whose body we are reading; answered when the body ends.
+    pending: Option<Head>,
+    body: Decoder,
+    closing: Option<Closing>,
+    requests: u64,
+}
+
+impl Session {
+    /// A session for a new connection.
+    pub fn new(limits: Limits) -> Session {
+        Session::with_shared(limits, Shared::new())
+    }
+
+    pub(super) fn with_shared(limits: Limits, shared: Shared) -> Session {
+        Session {
+            limits,
+            shared,
+            input: Vec::new(),
+            ipos: 0,
+            out: Vec::new(),
+            opos: 0,
+            streaming: 0,
+            pending: None,
+            body: Decoder::Done,
+            closing: None,
+            requests: 0,
+        }
+    }
+
+    /// The limits this session enforces.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Buffers bytes received from the client.
+    pub fn receive(&mut self, bytes: &[u8]) {
+        self.compact();
+        self.input.extend_from_slice(bytes);
+    }
+
+    /// Reads once from `r` into the input buffer; returns what `read` returned.
+    pub fn read_from<R: Read>(&mut self, r: &mut R) -> io::Result<usize> {
+        self.compact();
+        let start = self.input.len();
+        self.input.resize(start + READ_CHUNK, 0);
+        let result = r.read(self.input.get_mut(start..).unwrap_or_default());
+        let n = *result.as_ref().unwrap_or(&0);
+        self.input.truncate(start + n.min(READ_CHUNK));
+        result
+    }
+
+    fn compact(&mut self) {
+        let done = self.ipos.min(self.input.len());
+        self.input.drain(..done);
+        self.ipos = 0;
+    }
+
+    fn unread(&self) -> &[u8] {
+        self.input.get(self.ipos..).unwrap_or_default()
+    }
+
+    /// Parses buffered input and queues responses until the output is high, more input is
+    /// needed, or the connection is to close. Returns how many requests were answered.
+    ///
+    /// When it returns with no output and not closing, it needs more input.
+    pub fn advance(&mut self, draining: bool) -> u64 {
+        let mut answered = 0;
+        while self.closing.is_none() && self.out_len() < OUT_HIGH && self.streaming == 0 {
+            if let Some(head) = self.pending.take() {
+                let rest = self.input.get(self.ipos..).unwrap_or_default();
+                match self.body.decode(rest, self.limits.max_head) {
+                    Ok(n) => self.ipos += n,
+                    Err(why) => {
+                        self.reject(400, why);
+                        break;
+                    }
+                }
+                if !self.body.is_done() {
+                    self.pending = Some(head);
+                    break;
+                }
+                self.respond(&head, draining);
+                answered += 1;
+                continue;
+            }
+            if self.unread().is_empty() {
+                break;
+            }
+            match self.parse_head() {
+                Ok(Some(head)) => self.start(head),
+                Ok(None) => break,
+                Err(r) => self.reject(r.status, r.why),
+            }
+        }
+        answered
+    }
+
+    fn parse_head(&self) -> Result<Option<Head>, Reject> {
+        let buf = self.unread();
+        let max = self.limits.max_head;
+        match request::parse(buf)? {
+            Some(head) if head.len > max => Err(request::too_large(buf, max)),
+            None if buf.len() > max => Err(request::too_large(buf, max)),
+            parsed => Ok(parsed),
+        }
+    }
+
+    fn start(&mut self, head: Head) {
+        self.ipos += head.len;
+        self.body = Decoder::new(head.body);
+        if head.expect_continue && !self.body.is_done() {
+            self.out.extend_from_slice(response::CONTINUE);
+        }
+        self.pending = Some(head);
+    }
+
+    fn respond(&mut self, head: &Head, draining: bool) {
+        self.requests += 1;
+        let max = self.limits.max_requests;
+        let over_limit = max > 0 && self.requests >= max;
+        let keep = head.keep_alive && !draining && !over_limit;
+        let mut date = self.shared.date.borrow_mut();
+        match routes::route(&head.method, &head.path, &self.shared.hello) {
+            Reply::Text(status, body) => response::write(
+                &mut self.out,
+                status,
+                date.get(),
+                keep,
+                &body,
+                head.is_head(),
+            ),
+            Reply::Bytes(n) => {
+                response::write_head(&mut self.out, 200, date.get(), keep, n);
+                if !head.is_head() {
+                    self.streaming = n;
+                }
+            }
+        }
+        if !keep {
+            self.closing = Some(Closing::Done);
+        }
+    }
+
+    /// Refuses the request in progress with `status` and closes after the response: no more
+    /// input is read. Used for malformed requests and for timeouts (`408`).
+    pub fn reject(&mut self, status: u16, why: &str) {
+        log::debug!("rejecting request with {status}: {why}");
+        self.closing = Some(Closing::Refused);
+        self.input.clear();
+        self.ipos = 0;
+        self.pending = None;
+        self.body = Decoder::Done;
+        if self.streaming > 0 {
+            // A body is being produced; a status line cannot go in the middle of it.
+            return;
+        }
+        let mut date = self.shared.date.borrow_mut();
+        let body = format!("{}\n", response::reason(status));
+        response::write(
+            &mut self.out,
+            status,
+            date.get(),
+            false,
+            body.as_bytes(),
+            false,
+        );
+    }
+
+    /// Stops after the output already queued (the worker is shutting down).
+    pub fn close_after_output(&mut self) {
+        self.closing.get_or_insert(Closing::Done);
+    }
+
+    fn out_len(&self) -> usize {
+        self.out.len().saturating_sub(self.opos)
+    }
+
+    /// True while output waits to be written.
+    pub fn has_output(&self) -> bool {
+        self.out_len() > 0 || self.streaming > 0
+    }
+
+    /// The next bytes to write (empty when there are none).
+    pub fn output(&mut self) -> &[u8] {
+        if self.out_len() == 0 {
+            self.out.clear();
+            self.opos = 0;
+            if self.streaming > 0 {
+                let n = self.streaming.min(OUT_HIGH as u64) as usize;
+                self.out.resize(n, b'x');
+                self.streaming -= n as u64;
+            }
+        }
+        self.out.get(self.opos..).unwrap_or_default()
+    }
+
+    /// `n` bytes of [`Session::output`] were written.
+    pub fn consume(&mut self, n: usize) {
+        self.opos = (self.opos + n).min(self.out.len());
+    }
+
+    /// Why the session will end after its output, if it will.
+    pub fn closing(&self) -> Option<Closing> {
+        self.closing
+    }
+
+    /// True when the session has ended and all its output was taken.
+    pub fn finished(&self) -> bool {
+        self.closing.is_some() && !self.has_output()
+    }
+
+    /// Client bytes received but not consumed (for example requests after the last one).
+    pub fn buffered(&self) -> usize {
+        self.unread().len()
+    }
+
+    /// Requests answered so far.
+    pub fn requests(&self) -> u64 {
+        self.requests
+    }
+
+    /// What the session is waiting for.
+    pub fn phase(&self) -> Phase {
+        if self.has_output() {
+            Phase::Output
+        } else if self.pending.is_some() {
+            Phase::Body
+        } else if !self.unread().is_empty() {
+            Phase::Head
+        } else {
+            Phase::Idle
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `input` in `step`-byte pieces and returns all output and the session.
+    fn run(input: &[u8], step: usize, limits: Limits) -> (String, Session) {
+        let mut s = Session::new(limits);
+        let mut out = Vec::new();
+        for piece in input.chunks(step.max(1)) {
+            s.receive(piece);
+            loop {
+                s.advance(false);
+                let o = s.output();
+                if o.is_empty() {
+                    break;
+                }
+                out.extend_from_slice(o);
+                let n = o.len();
+                s.consume(n);
+            }
+        }
+        (String::from_utf8_lossy(&out).into_owned(), s)
+    }
+
+    fn statuses(out: &str) -> Vec<&str> {
+        out.split("HTTP/1.1 ")
+            .skip(1)
+            .filter_map(|r| r.get(..3))
+            .collect()
+    }
+
+    #[test]
+    fn pipelined_bodies_in_any_split() {
+        let input = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello\
+            POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n\
+            3\r\nabc\r\n0\r\n\r\n\
+            GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+        for step in [1, 2, 7, 64, input.len()] {
+            let (out, s) = run(input, step, Limits::default());
+            assert_eq!(statuses(&out), ["405", "100", "405", "200"], "step {step}");
+            assert!(out.contains("Allow: GET, HEAD\r\n"));
+            assert_eq!(s.closing(), Some(Closing::Done));
+            assert!(s.finished());
+        }
+    }
+
+    #[test]
+    fn oversized_heads() {
+        let limits = Limits {
+            max_head: 64,
+            ..Limits::default()
+        };
+        let long_uri = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(100));
+        let (out, s) = run(long_uri.as_bytes(), 1000, limits.clone());
+        assert_eq!(statuses(&out), ["414"]);
+        assert_eq!(s.closing(), Some(Closing::Refused));
+        let big_head = format!("GET / HTTP/1.1\r\nHost: a\r\nX: {}\r\n\r\n", "b".repeat(60));
+        assert_eq!(
+            statuses(&run(big_head.as_bytes(), 1000, limits.clone()).0),
+            ["431"]
+        );
+        assert_eq!(statuses(&run(big_head.as_bytes(), 3, limits).0), ["431"]);
+    }
+
+    #[test]
+    fn request_limit_and_bytes_streaming() {
+        let limits = Limits {
+            max_requests: 2,
+            ..Limits::default()
+        };
+        let input = b"GET /bytes?n=100000 HTTP/1.1\r\nHost: a\r\n\r\n\
+            HEAD /bytes?n=7 HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        let (out, s) = run(input, input.len(), limits);
+        assert_eq!(statuses(&out), ["200", "200"]);
+        assert!(out.contains(&format!("\r\n\r\n{}HTTP/1.1 200", "x".repeat(100_000))));
+        assert!(out.ends_with("Content-Length: 7\r\nConnection: close\r\n\r\n"));
+        assert_eq!(s.requests(), 2);
+    }
+
+    #[test]
+    fn phases() {
+        let mut s = Session::new(Limits::default());
+        assert_eq!(s.phase(), Phase::Idle);
+        s.receive(b"POST / HTTP/1.1\r\nHost: a\r\n");
+        s.advance(false);
+        assert_eq!(s.phase(), Phase::Head);
+        s.receive(b"Content-Length: 3\r\n\r\nab");
+        s.advance(false);
+        assert_eq!(s.phase(), Phase::Body);
+        s.reject(408, "test");
+        assert_eq!(s.phase(), Phase::Output);
+        assert!(String::from_utf8_lossy(s.output()).starts_with("HTTP/1.1 408 "));
+    }
+}
