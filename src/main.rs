@@ -31,6 +31,17 @@ fn duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 30s, 500ms, 2m)"))
 }
 
+/// A duration that must be more than zero (a zero timeout would close every connection).
+fn positive_duration(s: &str) -> Result<Duration, String> {
+    match duration(s)? {
+        d if d.is_zero() => Err("must be more than zero".to_string()),
+        d => Ok(d),
+    }
+}
+
+/// Smallest `--max-head-bytes`: room for a request line and a Host header.
+const MIN_HEAD_BYTES: u32 = 64;
+
 #[derive(Debug, Args)]
 struct ServeArgs {
     /// Worker processes [default: one per core]
@@ -55,13 +66,13 @@ struct ServeArgs {
     #[arg(long, default_value_t = herd::DEFAULT_MAX_PENDING as u32, value_parser = clap::value_parser!(u32).range(1..))]
     max_pending: u32,
     /// Largest request head in bytes (larger: 431, or 414 for a too long request line)
-    #[arg(long, default_value_t = 8 * 1024)]
-    max_head_bytes: usize,
+    #[arg(long, default_value_t = 8 * 1024, value_parser = clap::value_parser!(u32).range(MIN_HEAD_BYTES as i64..))]
+    max_head_bytes: u32,
     /// Time allowed to send a request head, and longest pause in a request body (then 408)
-    #[arg(long, default_value = "10s", value_parser = duration)]
+    #[arg(long, default_value = "10s", value_parser = positive_duration)]
     header_timeout: Duration,
     /// Time an idle keep-alive connection stays open
-    #[arg(long, default_value = "5s", value_parser = duration)]
+    #[arg(long, default_value = "5s", value_parser = positive_duration)]
     keepalive_timeout: Duration,
     /// Most connections one worker serves at once (0: no limit); beyond it new connections wait
     #[arg(long, env = "HERD_MAX_CONNECTIONS", default_value_t = 0)]
@@ -82,7 +93,7 @@ impl ServeArgs {
 
     fn limits(&self) -> Limits {
         Limits {
-            max_head: self.max_head_bytes,
+            max_head: self.max_head_bytes as usize,
             header_timeout: self.header_timeout,
             keepalive_timeout: self.keepalive_timeout,
             max_requests: self.max_requests_per_conn,

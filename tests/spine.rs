@@ -154,6 +154,10 @@ fn bad_flags_are_one_line_and_nonzero() {
         &["--bogus"][..],
         &["--port", "99999"][..],
         &["--policy", "fastest"][..],
+        &["--max-head-bytes", "0"][..],
+        &["--header-timeout", "0s"][..],
+        &["--keepalive-timeout", "0"][..],
+        &["--shutdown-timeout", "soon"][..],
     ] {
         let (code, err) = run_herd(args);
         assert_ne!(code, 0, "{args:?}");
