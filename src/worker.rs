@@ -48,6 +48,10 @@ pub enum Status {
     Open,
     /// Close the connection now.
     Close,
+    /// Not done, but this connection has had its share of the turn: call
+    /// [`Connection::ready`] again on the next turn, without waiting for an event (the socket
+    /// is edge-triggered, so none may come).
+    Yield,
 }
 
 /// Per-worker state shared with handlers: counters, the channel to the primary, the clock.
@@ -198,6 +202,8 @@ struct Runtime<H: Handler> {
     handler: H,
     ctx: Context,
     conns: Slab<H::Conn>,
+    /// Connections that yielded: run again next turn without waiting for an event.
+    again: Vec<usize>,
     /// By slab key: the connection was handed over by the primary, which may still hold a copy.
     handed: Vec<bool>,
     listeners: Vec<TcpListener>,
@@ -253,6 +259,7 @@ impl<H: Handler> Runtime<H> {
                 outbox: Outbox::default(),
             },
             conns: Slab::new(),
+            again: Vec::new(),
             handed: Vec::new(),
             listeners: Vec::new(),
             taken: Vec::new(),
@@ -281,7 +288,9 @@ impl<H: Handler> Runtime<H> {
         self.flush();
         let mut events = Events::with_capacity(1024);
         loop {
-            let timeout = if self.conns.is_empty() {
+            let timeout = if !self.again.is_empty() {
+                Some(Duration::ZERO)
+            } else if self.conns.is_empty() {
                 None
             } else {
                 Some(SWEEP_EVERY)
@@ -303,6 +312,9 @@ impl<H: Handler> Runtime<H> {
                     Token(t) if t < FIRST_CONN => self.accept(t - FIRST_LISTENER),
                     Token(t) => self.conn_ready(t - FIRST_CONN),
                 }
+            }
+            for key in std::mem::take(&mut self.again) {
+                self.conn_ready(key);
             }
             self.finish_turn()?;
             if self.ctx.draining
@@ -571,8 +583,16 @@ impl<H: Handler> Runtime<H> {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        if conn.ready(&mut self.ctx) == Status::Close {
-            self.close(key);
+        let status = conn.ready(&mut self.ctx);
+        self.apply(key, status);
+    }
+
+    /// Acts on what a connection said it wants.
+    fn apply(&mut self, key: usize, status: Status) {
+        match status {
+            Status::Close => self.close(key),
+            Status::Yield => self.again.push(key),
+            Status::Open => {}
         }
     }
 
@@ -598,9 +618,8 @@ impl<H: Handler> Runtime<H> {
             .collect();
         for key in expired {
             if let Some(conn) = self.conns.get_mut(key) {
-                if conn.timed_out(&mut self.ctx) == Status::Close {
-                    self.close(key);
-                }
+                let status = conn.timed_out(&mut self.ctx);
+                self.apply(key, status);
             }
         }
     }
@@ -626,9 +645,8 @@ impl<H: Handler> Runtime<H> {
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for key in keys {
             if let Some(conn) = self.conns.get_mut(key) {
-                if conn.drain(&mut self.ctx) == Status::Close {
-                    self.close(key);
-                }
+                let status = conn.drain(&mut self.ctx);
+                self.apply(key, status);
             }
         }
     }

@@ -168,3 +168,27 @@ fn bad_flags_are_one_line_and_nonzero() {
     assert!(help.status.success());
     assert!(String::from_utf8_lossy(&help.stdout).contains("--workers"));
 }
+
+#[test]
+fn a_long_pipeline_is_answered_in_full_across_loop_turns() {
+    // More requests than one connection may process per turn: it yields and resumes.
+    let server = Server::start(&["--workers", "1"]);
+    let s = connect(server.addr());
+    let mut w = s.try_clone().unwrap();
+    let burst: Vec<u8> = (0..500)
+        .flat_map(|i| format!("GET /bytes?n={} HTTP/1.1\r\nHost: t\r\n\r\n", i % 7).into_bytes())
+        .collect();
+    let writer = std::thread::spawn(move || w.write_all(&burst));
+    let mut r = BufReader::new(s);
+    for i in 0..500 {
+        let resp = read_response(&mut r, false).expect("every pipelined request is answered");
+        assert_eq!(
+            (resp.status, resp.body.len()),
+            (200, i % 7),
+            "response {i} in order"
+        );
+    }
+    writer.join().unwrap().unwrap();
+    // Meanwhile the worker served others too.
+    assert_eq!(get(server.addr(), "/").unwrap().status, 200);
+}

@@ -12,6 +12,9 @@ use super::Limits;
 use crate::worker::{Connection, Context, Status};
 
 /// How long a closing connection waits for the peer to finish sending (lingering close).
+/// Steps (reads, parsed requests, writes) one connection may take per turn of the worker's
+/// loop before it yields to the others.
+const STEP_BUDGET: usize = 64;
 const LINGER: Duration = Duration::from_secs(2);
 /// How long a response may wait for a reader that takes nothing at all.
 const SEND_TIMEOUT: Duration = Duration::from_secs(60);
@@ -105,7 +108,7 @@ impl HttpConn {
     }
 
     fn run(&mut self, ctx: &mut Context) -> Status {
-        loop {
+        for _ in 0..STEP_BUDGET {
             match self.step(ctx) {
                 Ok(Progress::More) => continue,
                 Ok(Progress::Wait) => return Status::Open,
@@ -117,6 +120,8 @@ impl HttpConn {
                 }
             }
         }
+        // Still busy (a client pipelining as fast as we answer): let the others have a turn.
+        Status::Yield
     }
 
     /// Restarts the clock when the phase changes, and while a body or a response moves.
