@@ -17,6 +17,7 @@
 
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod event;
 pub mod http;
 pub mod ipc;
