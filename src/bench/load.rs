@@ -686,7 +686,6 @@ impl Loop<'_> {
             Ok(s) => s,
             Err(_) => return self.fail(i, Failure::Connect),
         };
-        let _ = stream.set_nodelay(true);
         if self
             .poll
             .registry()
@@ -717,18 +716,15 @@ impl Loop<'_> {
         }
     }
 
-    /// Sends what is left of the request; on a connecting socket, first checks the connect.
+    /// Sends what is left of the request. On a connecting socket the write itself tells:
+    /// `NotConnected`/`WouldBlock` means not yet, any other error means the connect failed.
+    /// (No `TCP_NODELAY`: a request is one small write with nothing else in flight, which
+    /// Nagle's algorithm never holds back.)
     fn write(&mut self, i: usize) {
         let c = &mut self.conns[i];
         let Some(stream) = c.stream.as_mut() else {
             return;
         };
-        if c.state == State::Connecting {
-            match stream.take_error() {
-                Ok(None) => {}
-                Ok(Some(_)) | Err(_) => return self.fail(i, Failure::Connect),
-            }
-        }
         while c.written < c.out.len() {
             match stream.write(&c.out[c.written..]) {
                 Ok(0) => return self.fail(i, Failure::Io),
@@ -756,42 +752,51 @@ impl Loop<'_> {
         }
         c.state = State::Reading;
         if !c.buf.is_empty() || c.eof {
-            self.process(i);
+            let _ = self.process(i);
         }
     }
 
-    /// Reads everything available, then looks for a complete response.
+    /// Reads what is available and handles a complete response. A short read has emptied the
+    /// socket's queue, so when it completes a response there is no need for one more `read()`
+    /// to see `WouldBlock`: new data raises a new edge. Otherwise it reads until `WouldBlock`.
     fn read(&mut self, i: usize) {
-        let c = &mut self.conns[i];
-        let Some(stream) = c.stream.as_mut() else {
-            return;
-        };
         loop {
+            let c = &mut self.conns[i];
+            let Some(stream) = c.stream.as_mut() else {
+                return;
+            };
             match stream.read(&mut self.scratch) {
                 Ok(0) => {
                     c.eof = true;
                     break;
                 }
-                Ok(n) => c.buf.extend_from_slice(&self.scratch[..n]),
+                Ok(n) => {
+                    c.buf.extend_from_slice(&self.scratch[..n]);
+                    let short = n < self.scratch.len();
+                    if short && c.state == State::Reading && self.process(i) {
+                        return;
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => return self.fail(i, Failure::Io),
             }
         }
-        if c.state == State::Reading {
+        if self.conns[i].state == State::Reading {
             self.process(i);
         }
     }
 
-    /// Handles a complete response in connection `i`'s buffer, if there is one.
-    fn process(&mut self, i: usize) {
+    /// Handles a complete response in connection `i`'s buffer, if there is one. Returns
+    /// `false` while the response is incomplete (and the connection unchanged).
+    fn process(&mut self, i: usize) -> bool {
         let c = &mut self.conns[i];
         let parsed = c.parser.parse(&c.buf, c.eof);
         let eof = c.eof;
         match parsed {
             Err(BadResponse) => self.fail(i, Failure::Parse),
             Ok(None) if eof => self.fail(i, Failure::Io),
-            Ok(None) => {}
+            Ok(None) => return false,
             Ok(Some(r)) => {
                 let now = Instant::now();
                 c.buf.drain(..r.used);
@@ -809,6 +814,7 @@ impl Loop<'_> {
                 }
             }
         }
+        true
     }
 
     fn record(&mut self, r: &Response, latency: Duration) {

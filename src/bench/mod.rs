@@ -26,15 +26,15 @@ use report::{Meta, PolicyResult};
 /// How long a cluster gets to stop after `SIGTERM` before it is killed.
 const STOP_LIMIT: Duration = Duration::from_secs(10);
 
-/// The request pattern of a run.
+/// The request pattern of a run (the `mixed` costs are [`load::MIXED_COSTS`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Workload {
-    /// Every connection stays open and sends `GET /` (or `--path`) again and again.
+    /// Every connection stays open and sends GET / (or --path) again and again
     Keepalive,
-    /// A new TCP connection per `GET /` (`Connection: close`); latency timed from `connect()`.
+    /// A new TCP connection per request (Connection: close); latency timed from connect()
     Close,
-    /// A new connection per request to `/work?us=N` with heavy-tailed costs (mostly 10 us,
-    /// 9% 200 us, 1% 5 ms; see [`load::MIXED_COSTS`]); reproducible with `--seed`.
+    /// A new connection per request to `/work?us=N`, heavy-tailed: 90% cost 10 us, 9% 200 us,
+    /// 1% 5 ms (seeded by --seed)
     Mixed,
 }
 
@@ -115,7 +115,7 @@ pub struct BenchArgs {
     /// Seed of the mixed workload's cost sequence
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// An extra argument for every `herd serve` started (repeatable), e.g.
+    /// An extra argument for every 'herd serve' started (repeatable), e.g.
     /// --serve-arg=--handoff-window=1
     #[arg(
         long,
