@@ -275,10 +275,12 @@ fn write_file(path: &Path, contents: &str) -> Result<(), String> {
 /// The run with the median requests/s, carrying the rates of all runs.
 fn median(mut runs: Vec<PolicyResult>) -> Option<PolicyResult> {
     let rates: Vec<f64> = runs.iter().map(|r| r.rate()).collect();
+    let p99s: Vec<u64> = runs.iter().map(|r| r.quantile_us(0.99)).collect();
     runs.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
     let mid = runs.len() / 2;
     let mut chosen = runs.into_iter().nth(mid)?;
     chosen.runs = rates;
+    chosen.runs_p99_us = p99s;
     Some(chosen)
 }
 
@@ -311,7 +313,7 @@ fn result(
     server: Option<Sample>,
     client: ProcUsage,
 ) -> PolicyResult {
-    let rate = stats.rate();
+    let (rate, p99) = (stats.rate(), quantile(&stats, 0.99));
     PolicyResult {
         name,
         stats,
@@ -319,6 +321,15 @@ fn result(
         server,
         client,
         runs: vec![rate],
+        runs_p99_us: vec![p99],
+    }
+}
+
+fn quantile(stats: &Stats, q: f64) -> u64 {
+    if stats.latency.is_empty() {
+        0
+    } else {
+        stats.latency.value_at_quantile(q)
     }
 }
 

@@ -43,6 +43,8 @@ pub struct PolicyResult {
     pub client: ProcUsage,
     /// Requests per second of every run of this policy, in the order they ran.
     pub runs: Vec<f64>,
+    /// p99 latency (microseconds) of every run, in the order they ran.
+    pub runs_p99_us: Vec<u64>,
 }
 
 impl PolicyResult {
@@ -277,6 +279,7 @@ fn json_result(r: &PolicyResult) -> String {
         })
         .collect();
     let runs: Vec<String> = r.runs.iter().map(|&x| json_f64(x)).collect();
+    let p99s: Vec<String> = r.runs_p99_us.iter().map(|x| x.to_string()).collect();
     fn ms(d: Duration) -> String {
         json_f64(d.as_secs_f64() * 1e3)
     }
@@ -290,6 +293,7 @@ fn json_result(r: &PolicyResult) -> String {
     field("duration_s", json_f64(r.stats.window.as_secs_f64()));
     field("requests_per_sec", json_f64(r.rate()));
     field("runs_requests_per_sec", format!("[{}]", runs.join(", ")));
+    field("runs_p99_us", format!("[{}]", p99s.join(", ")));
     field("p50_us", r.quantile_us(0.5).to_string());
     field("p90_us", r.quantile_us(0.9).to_string());
     field("p99_us", r.quantile_us(0.99).to_string());
