@@ -512,6 +512,8 @@ enum State {
     Writing,
     /// Waiting for (the rest of) the response.
     Reading,
+    /// Response complete; the next request goes out when this batch of events is handled.
+    Queued,
 }
 
 /// Which error counter a failure goes to.
@@ -563,6 +565,8 @@ struct Loop<'a> {
     measuring: bool,
     /// Responses and errors not yet added to the shared progress counters.
     unreported: (u64, u64),
+    /// Connections in [`State::Queued`], in the order their responses completed.
+    queued: Vec<usize>,
     progress: &'a Progress,
 }
 
@@ -584,6 +588,7 @@ fn run_loop(
         stats: Stats::new()?,
         measuring: now >= tl.measure_start,
         unreported: (0, 0),
+        queued: Vec::with_capacity(connections),
         progress,
     };
     for i in 0..connections {
@@ -619,6 +624,7 @@ impl Loop<'_> {
                 let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
                 self.on_event(ev.token().0, readable, ev.is_writable());
             }
+            self.send_queued();
             let now = Instant::now();
             if now >= next_scan {
                 self.scan(now);
@@ -646,7 +652,7 @@ impl Loop<'_> {
             let c = &self.conns[i];
             match c.state {
                 State::Idle if now >= c.retry_at => self.open(i),
-                State::Idle => {}
+                State::Idle | State::Queued => {}
                 _ if now.duration_since(c.started) > self.cfg.timeout => {
                     self.fail(i, Failure::Timeout)
                 }
@@ -803,18 +809,37 @@ impl Loop<'_> {
                 let latency = now.duration_since(c.started);
                 self.record(&r, latency);
                 let again = !r.close && !eof && !self.cfg.workload.new_connection_per_request();
-                if again {
-                    self.prepare_request(i);
-                    self.conns[i].started = now;
-                    self.conns[i].state = State::Writing;
-                    self.write(i);
-                } else {
+                if !again {
                     self.close(i);
-                    self.open(i);
                 }
+                self.conns[i].state = State::Queued;
+                self.queued.push(i);
             }
         }
         true
+    }
+
+    /// Sends the next request of every connection whose response completed in this batch
+    /// (on the same connection, or on a new one). Like wrk, requests go out together after
+    /// the batch rather than one by one in the middle of it, so a worker woken by the first
+    /// finds the others already there.
+    fn send_queued(&mut self) {
+        let mut queued = std::mem::take(&mut self.queued);
+        for &i in &queued {
+            if self.conns[i].state != State::Queued {
+                continue;
+            }
+            if self.conns[i].stream.is_some() {
+                self.prepare_request(i);
+                self.conns[i].started = Instant::now();
+                self.conns[i].state = State::Writing;
+                self.write(i);
+            } else {
+                self.open(i);
+            }
+        }
+        queued.clear();
+        self.queued = queued;
     }
 
     fn record(&mut self, r: &Response, latency: Duration) {
