@@ -4,7 +4,8 @@
 //! 2 workers and 50 connections, once with the `keepalive` workload and once with `close`,
 //! and prints its tables. JSON and SVG files land in cargo's target tmp directory.
 //!
-//! Knobs (environment): `HERD_BENCH_DURATION` (default `3s` per policy),
+//! Knobs (environment): `HERD_BENCH_DURATION` (default `3s` per policy), `HERD_BENCH_WARMUP`
+//! (default `1s`),
 //! `HERD_BENCH_REPEAT` (runs per policy, median reported; default 1),
 //! `HERD_BENCH_WORKLOADS` (default `keepalive,close`; `mixed` is the third),
 //! `HERD_BENCH_CONNECTIONS` (default 50), `HERD_BENCH_WORKERS` (default 2).
@@ -21,6 +22,7 @@ fn main() -> ExitCode {
     let herd = env!("CARGO_BIN_EXE_herd");
     let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
     let duration = knob("HERD_BENCH_DURATION", "3s");
+    let warmup = knob("HERD_BENCH_WARMUP", "1s");
     let repeat = knob("HERD_BENCH_REPEAT", "1");
     let connections = knob("HERD_BENCH_CONNECTIONS", "50");
     let workers = knob("HERD_BENCH_WORKERS", "2");
@@ -38,7 +40,7 @@ fn main() -> ExitCode {
                 "--duration",
                 &duration,
                 "--warmup",
-                "1s",
+                &warmup,
                 "--repeat",
                 &repeat,
             ])
