@@ -30,6 +30,7 @@
 
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod blocking;
 pub mod event;
 pub mod http;

@@ -22,6 +22,8 @@ struct Cli {
 enum Command {
     /// Run the server (the default).
     Serve(ServeArgs),
+    /// Compare scheduling policies side by side under a built-in load generator.
+    Bench(herd::bench::BenchArgs),
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -147,6 +149,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Some(Command::Serve(a)) => serve(a),
+        Some(Command::Bench(a)) => herd::bench::run(a),
         None => serve(cli.serve),
     };
     match result {

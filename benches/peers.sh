@@ -1,0 +1,182 @@
+#!/usr/bin/env bash
+# Measures herd and its peers under the same load, side by side, and prints herd/peer ratios.
+#
+#   benches/peers.sh                      # 5 s per run, keepalive and close, herd's generator
+#   DURATION=10s GENERATOR=wrk benches/peers.sh
+#
+# Peers (each skipped, with a note, when its tools are missing):
+#   node-rr    ../shared/peers/node-cluster (Express on node:cluster, round-robin); needs node, npm
+#   node-none  the same with NODE_CLUSTER_SCHED_POLICY=none (shared listener)
+#   nginx      nginx, 2 workers, `return 200 "Hello World!"`, shared listener
+#   nginx-rp   the same with `listen ... reuseport`
+# herd itself runs as round-robin and reuseport clusters with 2 workers (`herd bench`).
+#
+# Environment: DURATION (5s), WARMUP (1s), CONNECTIONS (50), WORKLOADS ("keepalive close"),
+# GENERATOR (herd | wrk; wrk -t1 when installed), PEER_PORT (3100), PEERS_DIR (../shared/peers
+# next to the repository). Everything listens on 127.0.0.1 only and every run is bounded by
+# DURATION; the peers this script starts are stopped by their process group when it exits.
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+DURATION=${DURATION:-5s}
+WARMUP=${WARMUP:-1s}
+CONNECTIONS=${CONNECTIONS:-50}
+WORKLOADS=${WORKLOADS:-keepalive close}
+GENERATOR=${GENERATOR:-herd}
+PEER_PORT=${PEER_PORT:-3100}
+PEERS_DIR=${PEERS_DIR:-$repo/../shared/peers}
+work=$(mktemp -d "${TMPDIR:-/tmp}/herd-peers.XXXXXX")
+herd="$repo/target/release/herd"
+peer_pid=""
+
+stop_peer() {
+  if [ -n "$peer_pid" ]; then
+    # The peer runs in its own session: its process group id is its pid.
+    kill -TERM -- "-$peer_pid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$peer_pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL -- "-$peer_pid" 2>/dev/null || true
+    wait "$peer_pid" 2>/dev/null || true
+    peer_pid=""
+  fi
+}
+cleanup() { stop_peer; rm -rf "$work"; }
+trap cleanup EXIT INT TERM
+
+note() { echo "peers.sh: $*" >&2; }
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_port() {
+  for _ in $(seq 300); do
+    port_open "$1" && return 0
+    kill -0 "$peer_pid" 2>/dev/null || return 1
+    sleep 0.1
+  done
+  return 1
+}
+
+# rps LABEL WORKLOAD URL: requests/s of one run against URL, on stdout.
+rps() {
+  local label=$1 workload=$2 url=$3
+  if [ "$GENERATOR" = wrk ]; then
+    local extra=()
+    [ "$workload" = keepalive ] || extra=(-H "Connection: close")
+    wrk -t1 -c"$CONNECTIONS" -d"$WARMUP" "${extra[@]}" "$url" >/dev/null 2>&1 || true
+    wrk -t1 -c"$CONNECTIONS" -d"$DURATION" "${extra[@]}" "$url" | awk '/Requests\/sec/ {print $2}'
+  else
+    "$herd" bench --target "$url" --label "$label" --workload "$workload" \
+      --connections "$CONNECTIONS" --duration "$DURATION" --warmup "$WARMUP" \
+      --json "$work/$label-$workload.json" >&2
+    json_rps "$work/$label-$workload.json" 1
+  fi
+}
+
+# json_rps FILE N: requests_per_sec of the Nth result in a herd bench JSON file.
+json_rps() {
+  grep '"requests_per_sec"' "$1" | sed -n "${2}p" | tr -dc '0-9.'
+}
+
+# start_peer NAME COMMAND...: runs a peer in its own session and waits for its port.
+start_peer() {
+  local name=$1
+  shift
+  if port_open "$PEER_PORT"; then
+    note "port $PEER_PORT is busy; set PEER_PORT"
+    exit 1
+  fi
+  setsid "$@" >"$work/$name.log" 2>&1 &
+  peer_pid=$!
+  if ! wait_port "$PEER_PORT"; then
+    note "$name did not come up on port $PEER_PORT; skipping it (log: $(tail -n 3 "$work/$name.log" | tr '\n' ' '))"
+    stop_peer
+    return 1
+  fi
+}
+
+nginx_conf() {
+  local reuseport=$1
+  mkdir -p "$work/nginx/logs"
+  cat >"$work/nginx/nginx.conf" <<EOF
+worker_processes 2;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/logs/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $work/nginx; proxy_temp_path $work/nginx; fastcgi_temp_path $work/nginx;
+  uwsgi_temp_path $work/nginx; scgi_temp_path $work/nginx;
+  keepalive_requests 1000000;
+  server {
+    listen 127.0.0.1:$PEER_PORT $reuseport;
+    location / { return 200 "Hello World!"; }
+  }
+}
+EOF
+}
+
+# --- herd first: the numbers every ratio divides by ---
+[ "$GENERATOR" = wrk ] && ! command -v wrk >/dev/null && { note "wrk is not installed; using herd's generator"; GENERATOR=herd; }
+(cd "$repo" && cargo build --release --quiet)
+declare -A herd_rps
+for w in $WORKLOADS; do
+  if [ "$GENERATOR" = wrk ]; then
+    for p in round-robin reuseport; do
+      start_peer "herd-$p" "$herd" serve --host 127.0.0.1 --port "$PEER_PORT" --workers 2 --policy "$p" || exit 1
+      herd_rps[$p-$w]=$(rps "herd-$p" "$w" "http://127.0.0.1:$PEER_PORT/")
+      stop_peer
+    done
+  else
+    "$herd" bench --policies round-robin,reuseport --workers 2 --workload "$w" \
+      --connections "$CONNECTIONS" --duration "$DURATION" --warmup "$WARMUP" --json "$work/herd-$w.json"
+    herd_rps[round-robin-$w]=$(json_rps "$work/herd-$w.json" 1)
+    herd_rps[reuseport-$w]=$(json_rps "$work/herd-$w.json" 2)
+  fi
+done
+
+# --- the peers ---
+rows=()
+measure_peer() {
+  local name=$1
+  for w in $WORKLOADS; do
+    local r
+    r=$(rps "$name" "$w" "http://127.0.0.1:$PEER_PORT/")
+    rows+=("$name $w $r ${herd_rps[round-robin-$w]} ${herd_rps[reuseport-$w]}")
+  done
+}
+
+if command -v node >/dev/null && command -v npm >/dev/null && [ -x "$PEERS_DIR/node-cluster/run.sh" ]; then
+  for sched in rr none; do
+    if start_peer "node-$sched" env PORT="$PEER_PORT" WORKERS=2 NODE_CLUSTER_SCHED_POLICY="$sched" \
+      "$PEERS_DIR/node-cluster/run.sh"; then
+      measure_peer "node-$sched"
+      stop_peer
+    fi
+  done
+else
+  note "node/npm (or $PEERS_DIR/node-cluster) not found: skipping the Node peer"
+fi
+
+if command -v nginx >/dev/null; then
+  for variant in shared reuseport; do
+    name=nginx
+    opt=""
+    [ "$variant" = reuseport ] && { name=nginx-rp; opt=reuseport; }
+    nginx_conf "$opt"
+    if start_peer "$name" nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" -g "daemon off;"; then
+      measure_peer "$name"
+      stop_peer
+    fi
+  done
+else
+  note "nginx not found (apt-get install -y nginx-light): skipping nginx"
+fi
+
+echo
+echo "herd vs peers: $CONNECTIONS connections, $DURATION per run after $WARMUP warm-up, generator: $GENERATOR, 2 workers each"
+printf '%-10s %-10s %12s %14s %12s %14s %12s\n' peer workload "peer req/s" "herd-rr req/s" "rr/peer" "herd-rp req/s" "rp/peer"
+for row in "${rows[@]}"; do
+  read -r name w peer rr rp <<<"$row"
+  awk -v n="$name" -v w="$w" -v p="$peer" -v rr="$rr" -v rp="$rp" 'BEGIN {
+    printf "%-10s %-10s %12.0f %14.0f %11.2fx %14.0f %11.2fx\n", n, w, p, rr, (p > 0 ? rr / p : 0), rp, (p > 0 ? rp / p : 0) }'
+done
+[ ${#rows[@]} -gt 0 ] || note "no peer was available: only herd's own numbers above"

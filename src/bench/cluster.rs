@@ -1,0 +1,329 @@
+//! A herd cluster under test: started as a child process (`herd serve` on an ephemeral port),
+//! watched through `/proc`, stopped with `SIGTERM` and reaped.
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::Policy;
+
+/// Log lines kept from the server (the last ones explain a failure).
+const LOG_KEEP: usize = 200;
+/// Kernel clock ticks per second for `/proc/<pid>/stat` times (`USER_HZ`, 100 on Linux).
+const TICKS_PER_SEC: u64 = 100;
+/// The line a herd primary prints once every worker is online.
+const LISTENING: &str = "listening on http://";
+
+/// A running herd primary and its workers.
+pub struct Server {
+    child: Child,
+    /// Address it listens on (the real port).
+    pub addr: SocketAddr,
+    /// Pids of its workers when it came up, in pid order.
+    pub workers: Vec<u32>,
+    log: Arc<Mutex<VecDeque<String>>>,
+}
+
+/// Starts `exe serve --host 127.0.0.1 --port 0 --policy P --workers N EXTRA...` and waits up
+/// to `deadline` for its `listening on` line.
+pub fn start(
+    exe: &Path,
+    policy: Policy,
+    workers: u16,
+    extra: &[String],
+    deadline: Duration,
+) -> Result<Server, String> {
+    let mut child = Command::new(exe)
+        .args(["serve", "--host", "127.0.0.1", "--port", "0", "--policy"])
+        .arg(policy.name())
+        .args([
+            "--workers",
+            &workers.to_string(),
+            "--shutdown-timeout",
+            "5s",
+        ])
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .env_remove("HERD_WORKER_ID")
+        .env_remove("HERD_CHANNEL_FD")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
+    let log = Arc::new(Mutex::new(VecDeque::new()));
+    let (tx, rx) = mpsc::channel();
+    if let Some(stderr) = child.stderr.take() {
+        let sink = log.clone();
+        std::thread::spawn(move || collect_log(stderr, &sink, &tx));
+    }
+    let mut server = Server {
+        child,
+        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        workers: Vec::new(),
+        log,
+    };
+    server.addr = server.wait_listening(&rx, policy, deadline)?;
+    server.workers = children(server.pid());
+    Ok(server)
+}
+
+/// Reads the server's stderr: every line goes to `tx` (while someone listens) and the last
+/// [`LOG_KEEP`] into `sink`.
+fn collect_log(
+    stderr: impl std::io::Read,
+    sink: &Mutex<VecDeque<String>>,
+    tx: &mpsc::Sender<String>,
+) {
+    for line in BufReader::new(stderr).lines() {
+        let Ok(line) = line else { break };
+        let _ = tx.send(line.clone());
+        if let Ok(mut log) = sink.lock() {
+            if log.len() == LOG_KEEP {
+                log.pop_front();
+            }
+            log.push_back(line);
+        }
+    }
+}
+
+impl Server {
+    /// The primary's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn wait_listening(
+        &mut self,
+        rx: &mpsc::Receiver<String>,
+        policy: Policy,
+        deadline: Duration,
+    ) -> Result<SocketAddr, String> {
+        let until = Instant::now() + deadline;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(addr) = parse_listening(&line) {
+                        return Ok(addr);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    self.kill();
+                    return Err(format!(
+                        "the {policy} cluster did not come up within {deadline:?} (no '{LISTENING}' line){}",
+                        self.last_error()
+                    ));
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    let status = self.child.wait().map(|s| s.to_string());
+                    let status = status.unwrap_or_else(|e| e.to_string());
+                    return Err(format!(
+                        "the {policy} cluster did not come up: herd serve exited ({status}){}",
+                        self.last_error()
+                    ));
+                }
+            }
+        }
+    }
+
+    /// `: <the server's last error line>`, or nothing.
+    fn last_error(&self) -> String {
+        let Ok(log) = self.log.lock() else {
+            return String::new();
+        };
+        log.iter()
+            .rev()
+            .find(|l| l.contains("error") || l.contains("ERROR"))
+            .or(log.back())
+            .map(|l| format!(": {}", l.trim()))
+            .unwrap_or_default()
+    }
+
+    /// Samples the CPU time and context switches of the primary and of its workers.
+    pub fn sample(&self) -> Sample {
+        let workers = children(self.pid());
+        Sample {
+            primary: ProcUsage::read(self.pid()).unwrap_or_default(),
+            workers: workers
+                .iter()
+                .filter_map(|&p| ProcUsage::read(p))
+                .fold(ProcUsage::default(), |a, b| a.plus(b)),
+        }
+    }
+
+    /// Stops the cluster gracefully (`SIGTERM`), waiting up to `limit` before killing it.
+    pub fn stop(mut self, limit: Duration) -> Result<(), String> {
+        let pid = Pid::from_raw(self.pid() as i32);
+        kill(pid, Signal::SIGTERM).map_err(|e| format!("cannot stop herd ({pid}): {e}"))?;
+        let until = Instant::now() + limit;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) if status.success() => return Ok(()),
+                Ok(Some(status)) => {
+                    return Err(format!(
+                        "herd serve exited badly ({status}){}",
+                        self.last_error()
+                    ))
+                }
+                Ok(None) if Instant::now() < until => {
+                    std::thread::sleep(Duration::from_millis(20)); // bounded by `until`
+                }
+                Ok(None) => {
+                    self.kill();
+                    return Err(format!(
+                        "herd serve did not stop within {limit:?}; killed it"
+                    ));
+                }
+                Err(e) => return Err(format!("cannot wait for herd serve: {e}")),
+            }
+        }
+    }
+
+    /// Kills the workers (while they are still the primary's children), then the primary,
+    /// and reaps it.
+    fn kill(&mut self) {
+        for p in children(self.pid()) {
+            let _ = kill(Pid::from_raw(p as i32), Signal::SIGKILL);
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.kill();
+        }
+    }
+}
+
+/// The address in a `listening on http://ADDR:PORT` line.
+pub fn parse_listening(line: &str) -> Option<SocketAddr> {
+    let at = line.find(LISTENING)? + LISTENING.len();
+    line[at..].split_whitespace().next()?.parse().ok()
+}
+
+/// CPU time and context switches of one process (or a sum of several).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProcUsage {
+    /// User plus system CPU time.
+    pub cpu: Duration,
+    /// Voluntary plus involuntary context switches.
+    pub switches: u64,
+}
+
+impl ProcUsage {
+    /// Reads `/proc/<pid>/stat` (utime + stime) and `/proc/<pid>/status` (context switches).
+    pub fn read(pid: u32) -> Option<ProcUsage> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let rest = stat.get(stat.rfind(')')? + 2..)?;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // Fields after the command: state is field 3, utime 14, stime 15.
+        let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let switches = status
+            .lines()
+            .filter(|l| l.contains("ctxt_switches:"))
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum();
+        Some(ProcUsage {
+            cpu: Duration::from_millis(ticks * 1000 / TICKS_PER_SEC),
+            switches,
+        })
+    }
+
+    /// This process.
+    pub fn this_process() -> ProcUsage {
+        ProcUsage::read(std::process::id()).unwrap_or_default()
+    }
+
+    /// Both added.
+    pub fn plus(self, o: ProcUsage) -> ProcUsage {
+        ProcUsage {
+            cpu: self.cpu + o.cpu,
+            switches: self.switches + o.switches,
+        }
+    }
+
+    /// What was used between `earlier` and `self`.
+    pub fn since(self, earlier: ProcUsage) -> ProcUsage {
+        ProcUsage {
+            cpu: self.cpu.saturating_sub(earlier.cpu),
+            switches: self.switches.saturating_sub(earlier.switches),
+        }
+    }
+}
+
+/// Usage of a cluster's processes at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sample {
+    /// The primary.
+    pub primary: ProcUsage,
+    /// All workers together.
+    pub workers: ProcUsage,
+}
+
+impl Sample {
+    /// What was used between `earlier` and `self`.
+    pub fn since(self, earlier: Sample) -> Sample {
+        Sample {
+            primary: self.primary.since(earlier.primary),
+            workers: self.workers.since(earlier.workers),
+        }
+    }
+}
+
+/// Live (non-zombie) children of `ppid`, from `/proc`, in pid order.
+pub fn children(ppid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some(rest) = stat.rfind(')').and_then(|i| stat.get(i + 2..)) else {
+            continue;
+        };
+        let mut f = rest.split_whitespace();
+        let (state, parent) = (f.next(), f.next().and_then(|p| p.parse::<u32>().ok()));
+        if parent == Some(ppid) && state != Some("Z") {
+            out.push(pid);
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listening_line_gives_the_address() {
+        let line = "[2025-01-01T00:00:00Z INFO  herd::primary] listening on http://127.0.0.1:40123";
+        assert_eq!(parse_listening(line), "127.0.0.1:40123".parse().ok());
+        assert_eq!(parse_listening("primary 12 is running"), None);
+    }
+
+    #[test]
+    fn own_usage_is_readable() {
+        let me = ProcUsage::read(std::process::id()).expect("/proc/self/stat");
+        assert!(me.switches > 0);
+        assert_eq!(me.since(me), ProcUsage::default());
+    }
+}
