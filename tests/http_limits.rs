@@ -182,3 +182,25 @@ fn http10_keep_alive_when_asked() {
     assert_eq!(last.header("connection"), Some("close"));
     assert_eq!(read_to_close(&mut s, DEADLINE).1, End::Eof);
 }
+
+#[test]
+fn keepalive_timeout_counts_idle_time_not_connection_age() {
+    // A busy client keeps its connection past the idle timeout: every answered request
+    // restarts the keep-alive clock, also one read and answered within one event.
+    let server = Server::start(&["--workers", "1", "--keepalive-timeout", "1s"]);
+    let mut s = connect(server.addr());
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let until = Instant::now() + Duration::from_millis(2500);
+    let mut served = 0;
+    while Instant::now() < until {
+        s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+        let resp = read_response(&mut r, false)
+            .unwrap_or_else(|e| panic!("request {} on a busy connection: {e}", served + 1));
+        assert_eq!(resp.header("connection"), Some("keep-alive"));
+        served += 1;
+        // A short idle gap, far inside the timeout: the worker goes back to waiting between
+        // requests (without it a fast worker may answer the next request in the same event).
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(served > 10, "only {served} requests in 2.5 s");
+}

@@ -32,6 +32,9 @@ pub struct HttpConn {
     /// The phase the timeout is measured for, and since when.
     phase: Phase,
     since: Instant,
+    /// Requests answered when the clock was last looked at: a request answered within one
+    /// event (Idle -> Idle) restarts the keep-alive clock.
+    answered: u64,
     /// Bytes moved during the current event (restart the body and send clocks).
     read_some: bool,
     wrote_some: bool,
@@ -57,6 +60,7 @@ impl HttpConn {
             lingering: None,
             phase: Phase::Idle,
             since: now,
+            answered: 0,
             read_some: false,
             wrote_some: false,
         }
@@ -124,21 +128,23 @@ impl HttpConn {
         Status::Yield
     }
 
-    /// Restarts the clock when the phase changes, and while a body or a response moves.
-    /// The header clock of a new connection runs from the accept, not from the first byte.
+    /// Restarts the clock when the phase changes, when a request was answered, and while a
+    /// body or a response moves. The header clock of a new connection runs from the accept,
+    /// not from the first byte.
     fn track(&mut self, now: Instant) {
         let phase = self.session.phase();
-        let first_head =
-            self.phase == Phase::Idle && phase == Phase::Head && self.session.requests() == 0;
+        let answered = self.session.requests();
+        let first_head = self.phase == Phase::Idle && phase == Phase::Head && answered == 0;
         let moving = match phase {
             Phase::Body => self.read_some,
             Phase::Output => self.wrote_some,
             Phase::Idle | Phase::Head => false,
         };
-        if (phase != self.phase && !first_head) || moving {
+        if (phase != self.phase && !first_head) || answered != self.answered || moving {
             self.since = now;
         }
         self.phase = phase;
+        self.answered = answered;
         self.read_some = false;
         self.wrote_some = false;
     }
