@@ -26,8 +26,11 @@ use nix::sys::socket::{
 /// A larger payload is refused with [`IpcError::TooLarge`] instead of being split or truncated.
 pub const MAX_MESSAGE: usize = 64 * 1024;
 
+/// Most connections handed over in one [`ToWorker::Conn`] packet (one `sendmsg` for the lot).
+pub const MAX_CONN_BATCH: usize = 16;
+
 /// Most file descriptors one packet may carry; the receiver's control buffer is sized for it.
-const MAX_FDS: usize = 4;
+const MAX_FDS: usize = MAX_CONN_BATCH;
 
 /// Receive buffer: the largest payload plus the header.
 const RECV_BUF: usize = MAX_MESSAGE + 64;
@@ -52,10 +55,11 @@ pub enum IpcError {
 /// Messages from the primary to a worker.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ToWorker {
-    /// Serve this connection (the socket travels with the packet). `id` is echoed in the ack.
+    /// Serve these connections. Their sockets travel with the packet, one per id and in the
+    /// same order; each id is echoed in an ack. At most [`MAX_CONN_BATCH`] per packet.
     Conn {
-        /// The primary's id for this connection.
-        id: u64,
+        /// The primary's ids for these connections.
+        ids: Vec<u64>,
     },
     /// Accept connections on this listening socket yourself (shared and reuseport policies).
     Listen,
@@ -114,6 +118,17 @@ fn read_u64(b: &[u8], at: usize) -> Result<u64, IpcError> {
         .ok_or(IpcError::Malformed("short integer"))
 }
 
+/// A non-empty list of up to `max` little-endian u64 ids.
+fn read_ids(body: &[u8], max: usize) -> Result<Vec<u64>, IpcError> {
+    if body.is_empty() || body.len() % 8 != 0 || body.len() / 8 > max {
+        return Err(IpcError::Malformed("id list length"));
+    }
+    Ok(body
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+        .collect())
+}
+
 fn check_size(payload: &[u8]) -> Result<(), IpcError> {
     if payload.len() > MAX_MESSAGE {
         return Err(IpcError::TooLarge(payload.len()));
@@ -132,17 +147,24 @@ impl ToWorker {
     /// The one-byte encoding of [`ToWorker::Listen`].
     pub const LISTEN_TAG: u8 = T_LISTEN;
 
-    /// Encodes `Conn { id }` without allocating: the primary's hot path.
-    pub fn conn_packet(id: u64) -> [u8; 9] {
-        let mut p = [T_CONN; 9];
-        p[1..].copy_from_slice(&id.to_le_bytes());
-        p
+    /// Encodes `Conn { ids }` into `out` (cleared first), so the primary's hot path can reuse
+    /// one buffer.
+    pub fn conn_packet(ids: &[u64], out: &mut Vec<u8>) {
+        out.clear();
+        out.push(T_CONN);
+        for id in ids {
+            out.extend_from_slice(&id.to_le_bytes());
+        }
     }
 
     /// Encodes the message into one packet.
     pub fn encode(&self) -> Result<Vec<u8>, IpcError> {
         Ok(match self {
-            ToWorker::Conn { id } => ToWorker::conn_packet(*id).to_vec(),
+            ToWorker::Conn { ids } => {
+                let mut out = Vec::with_capacity(1 + 8 * ids.len());
+                ToWorker::conn_packet(ids, &mut out);
+                out
+            }
             ToWorker::Listen => vec![Self::LISTEN_TAG],
             ToWorker::Disconnect => vec![T_DISCONNECT],
             ToWorker::StatsRequest => vec![T_STATS_REQ],
@@ -157,7 +179,7 @@ impl ToWorker {
     pub fn decode(b: &[u8]) -> Result<Self, IpcError> {
         match b.first() {
             Some(&T_CONN) => Ok(ToWorker::Conn {
-                id: read_u64(b, 1)?,
+                ids: read_ids(&b[1..], MAX_CONN_BATCH)?,
             }),
             Some(&T_LISTEN) => Ok(ToWorker::Listen),
             Some(&T_DISCONNECT) => Ok(ToWorker::Disconnect),
@@ -202,17 +224,7 @@ impl ToPrimary {
         match b.first() {
             Some(&P_ONLINE) => Ok(ToPrimary::Online),
             Some(&P_LISTENING) => Ok(ToPrimary::Listening),
-            Some(&P_ACK) => {
-                let body = &b[1..];
-                if body.len() % 8 != 0 {
-                    return Err(IpcError::Malformed("ack length"));
-                }
-                Ok(ToPrimary::Ack(
-                    body.chunks_exact(8)
-                        .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
-                        .collect(),
-                ))
-            }
+            Some(&P_ACK) => Ok(ToPrimary::Ack(read_ids(&b[1..], MAX_ACK_IDS)?)),
             Some(&P_CLOSED) => {
                 let n = b
                     .get(1..5)
@@ -280,15 +292,24 @@ impl Channel {
         }
     }
 
-    /// Sends one packet, with an optional descriptor attached. Never blocks.
+    /// Sends one packet with `fds` attached (`SCM_RIGHTS`, at most [`MAX_CONN_BATCH`]). Never
+    /// blocks.
     ///
     /// `Err(WouldBlock)` means the socket buffer is full: keep the packet and retry when writable.
     /// A closed peer shows as `BrokenPipe` or `ConnectionReset` (never `SIGPIPE`).
-    pub fn send(&self, bytes: &[u8], fd: Option<BorrowedFd<'_>>) -> io::Result<()> {
+    pub fn send(&self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+        debug_assert!(
+            fds.len() <= MAX_FDS,
+            "more descriptors than a receiver takes"
+        );
         let iov = [IoSlice::new(bytes)];
-        let raw: [RawFd; 1] = [fd.map(|f| f.as_raw_fd()).unwrap_or(-1)];
-        let cmsgs = [ControlMessage::ScmRights(&raw)];
-        let cmsgs: &[ControlMessage] = if fd.is_some() { &cmsgs } else { &[] };
+        let mut raw = [-1 as RawFd; MAX_FDS];
+        let n = fds.len().min(MAX_FDS);
+        for (r, f) in raw.iter_mut().zip(fds) {
+            *r = f.as_raw_fd();
+        }
+        let cmsgs = [ControlMessage::ScmRights(&raw[..n])];
+        let cmsgs: &[ControlMessage] = if n > 0 { &cmsgs } else { &[] };
         loop {
             match sendmsg::<()>(
                 self.fd.as_raw_fd(),
@@ -392,7 +413,7 @@ impl Outbox {
     /// socket is full (wait for writable). Errors mean the peer is gone.
     pub fn flush(&mut self, ch: &Channel) -> io::Result<bool> {
         while let Some(front) = self.queue.front() {
-            match ch.send(front, None) {
+            match ch.send(front, &[]) {
                 Ok(()) => {
                     self.queue.pop_front();
                 }
@@ -413,7 +434,10 @@ mod tests {
     #[test]
     fn messages_round_trip() {
         for m in [
-            ToWorker::Conn { id: 42 },
+            ToWorker::Conn { ids: vec![42] },
+            ToWorker::Conn {
+                ids: vec![1, u64::MAX, 3],
+            },
             ToWorker::Listen,
             ToWorker::Disconnect,
             ToWorker::StatsRequest,
@@ -444,31 +468,41 @@ mod tests {
         assert!(ToPrimary::decode(&[]).is_err());
         assert!(ToPrimary::decode(&[P_ACK, 1, 2]).is_err());
         assert!(ToWorker::decode(&[T_CONN, 1]).is_err());
+        assert!(ToWorker::decode(&[T_CONN]).is_err(), "no ids");
+        let too_many = ToWorker::Conn {
+            ids: vec![7; MAX_CONN_BATCH + 1],
+        };
+        assert!(ToWorker::decode(&too_many.encode().unwrap()).is_err());
     }
 
     #[test]
     fn fd_travels_with_its_message() {
         let (a, mut b) = Channel::pair().unwrap();
-        let (mut s1, s2) = UnixStream::pair().unwrap();
-        a.send(
-            &ToWorker::Conn { id: 9 }.encode().unwrap(),
-            Some(s2.as_fd()),
-        )
-        .unwrap();
-        drop(s2);
+        // Three sockets in one packet arrive in the order of their ids.
+        let pairs: Vec<_> = (0..3).map(|_| UnixStream::pair().unwrap()).collect();
+        let fds: Vec<_> = pairs.iter().map(|(_, theirs)| theirs.as_fd()).collect();
+        let msg = ToWorker::Conn {
+            ids: vec![9, 10, 11],
+        };
+        a.send(&msg.encode().unwrap(), &fds).unwrap();
+        drop(fds);
+        let (mut ours, theirs): (Vec<_>, Vec<_>) = pairs.into_iter().unzip();
+        drop(theirs);
         let p = b.recv().unwrap().unwrap();
-        assert_eq!(ToWorker::decode(p.bytes).unwrap(), ToWorker::Conn { id: 9 });
-        assert_eq!(p.fds.len(), 1);
-        let flags = nix::fcntl::fcntl(p.fds[0].as_raw_fd(), nix::fcntl::FcntlArg::F_GETFD).unwrap();
-        assert!(
-            flags & nix::libc::FD_CLOEXEC != 0,
-            "received fd must be close-on-exec"
-        );
-        let mut got = UnixStream::from(p.fds.into_iter().next().unwrap());
-        got.write_all(b"x").unwrap();
-        let mut c = [0u8; 1];
-        s1.read_exact(&mut c).unwrap();
-        assert_eq!(&c, b"x");
+        assert_eq!(ToWorker::decode(p.bytes).unwrap(), msg);
+        assert_eq!(p.fds.len(), 3);
+        for (i, fd) in p.fds.into_iter().enumerate() {
+            let flags = nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFD).unwrap();
+            assert!(
+                flags & nix::libc::FD_CLOEXEC != 0,
+                "received fd must be close-on-exec"
+            );
+            let mut got = UnixStream::from(fd);
+            got.write_all(&[b'a' + i as u8]).unwrap();
+            let mut c = [0u8; 1];
+            ours[i].read_exact(&mut c).unwrap();
+            assert_eq!(c[0], b'a' + i as u8, "socket {i} paired with id {}", 9 + i);
+        }
         assert_eq!(
             b.recv().unwrap_err().kind(),
             io::ErrorKind::WouldBlock,

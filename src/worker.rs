@@ -448,21 +448,16 @@ impl<H: Handler> Runtime<H> {
 
     fn on_message(&mut self, msg: ToWorker, fds: Vec<OwnedFd>) {
         match msg {
-            ToWorker::Conn { id } => {
-                let Some(fd) = fds.into_iter().next() else {
-                    log::error!("connection {id} arrived without its socket");
-                    return;
-                };
-                self.received += 1;
-                if self.fault_exit_after.is_some_and(|n| self.received >= n) {
-                    self.fault_unacked.push(fd);
-                    return;
+            ToWorker::Conn { ids } => {
+                if ids.len() != fds.len() {
+                    log::error!(
+                        "{} connections arrived with {} sockets; the unpaired ones are dropped",
+                        ids.len(),
+                        fds.len()
+                    );
                 }
-                let stream = TcpStream::from_std(std::net::TcpStream::from(fd));
-                if self.at_capacity() && !self.ctx.draining {
-                    self.held.push_back((id, stream));
-                } else {
-                    self.take(id, stream);
+                for (id, fd) in ids.into_iter().zip(fds) {
+                    self.receive(id, fd);
                 }
             }
             ToWorker::Listen => {
@@ -480,6 +475,21 @@ impl<H: Handler> Runtime<H> {
                 }
             }
             ToWorker::Message(payload) => self.handler.message(payload, &mut self.ctx),
+        }
+    }
+
+    /// One connection handed over by the primary: serve it now, or hold it at capacity.
+    fn receive(&mut self, id: u64, fd: OwnedFd) {
+        self.received += 1;
+        if self.fault_exit_after.is_some_and(|n| self.received >= n) {
+            self.fault_unacked.push(fd);
+            return;
+        }
+        let stream = TcpStream::from_std(std::net::TcpStream::from(fd));
+        if self.at_capacity() && !self.ctx.draining {
+            self.held.push_back((id, stream));
+        } else {
+            self.take(id, stream);
         }
     }
 

@@ -794,6 +794,9 @@ impl Primary {
         if self.balancer.is_none() {
             return;
         }
+        // Queue the whole burst first, then flush each worker once: its share goes out in as
+        // few packets as possible.
+        let mut touched: Vec<usize> = Vec::new();
         while !self.backlog.is_empty() {
             self.loads.clear();
             let procs = &self.procs;
@@ -814,6 +817,11 @@ impl Primary {
             p.out.push_back(Out::Conn(id));
             p.open += 1;
             p.handed += 1;
+            if !touched.contains(&key) {
+                touched.push(key);
+            }
+        }
+        for key in touched {
             self.flush(key);
         }
         if self.listener_paused

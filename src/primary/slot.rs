@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::ipc::{Channel, ToWorker, WorkerStats};
+use crate::ipc::{Channel, ToWorker, WorkerStats, MAX_CONN_BATCH};
 use crate::policy::Load;
 use crate::worker::{ENV_CHANNEL_FD, ENV_MAX_CONNECTIONS, ENV_REPORT_CLOSES, ENV_WORKER_ID};
 
@@ -156,29 +156,51 @@ impl Proc {
 
     /// Sends what the channel takes. `Err` means the worker's end is gone.
     pub fn flush(&mut self, listeners: &[std::net::TcpListener]) -> io::Result<()> {
+        let mut packet = Vec::new();
         while let Some(front) = self.out.front() {
-            let sent = match front {
-                Out::Conn(id) => match self.unacked.get(id) {
-                    Some(s) => self
-                        .channel
-                        .send(&ToWorker::conn_packet(*id), Some(s.as_fd())),
-                    None => Ok(()), // reclaimed meanwhile; nothing to send
-                },
+            let (sent, covered) = match front {
+                Out::Conn(_) => self.send_conns(&mut packet),
                 Out::Listen(n) => match listeners.get(*n) {
-                    Some(l) => self.channel.send(&[ToWorker::LISTEN_TAG], Some(l.as_fd())),
-                    None => Ok(()),
+                    Some(l) => (self.channel.send(&[ToWorker::LISTEN_TAG], &[l.as_fd()]), 1),
+                    None => (Ok(()), 1),
                 },
-                Out::Packet(bytes) => self.channel.send(bytes, None),
+                Out::Packet(bytes) => (self.channel.send(bytes, &[]), 1),
             };
             match sent {
                 Ok(()) => {
-                    self.out.pop_front();
+                    self.out.drain(..covered);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) => return Err(e),
             }
         }
         Ok(())
+    }
+
+    /// Sends the connections queued at the front, up to [`MAX_CONN_BATCH`], in one packet: one
+    /// `sendmsg` and one wake-up of the worker for a burst of accepts. Returns the result and
+    /// how many queue entries the packet covered.
+    fn send_conns(&self, packet: &mut Vec<u8>) -> (io::Result<()>, usize) {
+        let mut ids = Vec::with_capacity(MAX_CONN_BATCH);
+        let mut fds = Vec::with_capacity(MAX_CONN_BATCH);
+        let mut covered = 0;
+        for out in self.out.iter() {
+            let Out::Conn(id) = out else { break };
+            if ids.len() == MAX_CONN_BATCH {
+                break;
+            }
+            covered += 1;
+            // A connection reclaimed meanwhile has nothing to send.
+            if let Some(s) = self.unacked.get(id) {
+                ids.push(*id);
+                fds.push(s.as_fd());
+            }
+        }
+        if ids.is_empty() {
+            return (Ok(()), covered);
+        }
+        ToWorker::conn_packet(&ids, packet);
+        (self.channel.send(packet, &fds), covered)
     }
 
     /// Takes back every connection the worker has not acked (it died or disconnected).
