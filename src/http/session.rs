@@ -24,6 +24,10 @@ const OUT_HIGH: usize = 64 * 1024;
 pub(super) struct Shared {
     hello: Rc<[u8]>,
     date: Rc<RefCell<DateCache>>,
+    /// Every read lands here first, then only the bytes received are copied to the
+    /// connection's input: no 16 KiB zeroed per read, and a connection's input buffer holds
+    /// what it received rather than a whole read chunk.
+    scratch: Rc<RefCell<Box<[u8]>>>,
 }
 
 impl Shared {
@@ -33,6 +37,7 @@ impl Shared {
                 .into_bytes()
                 .into(),
             date: Rc::default(),
+            scratch: Rc::new(RefCell::new(vec![0; READ_CHUNK].into_boxed_slice())),
         }
     }
 }
@@ -117,12 +122,11 @@ impl Session {
     /// Reads once from `r` into the input buffer; returns what `read` returned.
     pub fn read_from<R: Read>(&mut self, r: &mut R) -> io::Result<usize> {
         self.compact();
-        let start = self.input.len();
-        self.input.resize(start + READ_CHUNK, 0);
-        let result = r.read(self.input.get_mut(start..).unwrap_or_default());
-        let n = *result.as_ref().unwrap_or(&0);
-        self.input.truncate(start + n.min(READ_CHUNK));
-        result
+        let mut scratch = self.shared.scratch.borrow_mut();
+        let n = r.read(&mut scratch[..])?;
+        self.input
+            .extend_from_slice(scratch.get(..n).unwrap_or_default());
+        Ok(n)
     }
 
     fn compact(&mut self) {
