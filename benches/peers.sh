@@ -3,6 +3,7 @@
 #
 #   benches/peers.sh                      # 5 s per run, keepalive and close, herd's generator
 #   DURATION=10s GENERATOR=wrk benches/peers.sh
+#   ROUNDS=3 benches/peers.sh              # herd and every peer, 3 times; medians of the rounds
 #
 # Peers (each skipped, with a note, when its tools are missing):
 #   node-rr    ../shared/peers/node-cluster (Express on node:cluster, round-robin); needs node, npm
@@ -12,6 +13,7 @@
 # herd itself runs as round-robin and reuseport clusters with 2 workers (`herd bench`).
 #
 # Environment: DURATION (5s), WARMUP (1s), CONNECTIONS (50), WORKLOADS ("keepalive close"),
+# ROUNDS (1; each round measures herd and then every peer, and a ratio is taken within a round),
 # GENERATOR (herd | wrk; wrk -t1 when installed), PEER_PORT (3100), PEERS_DIR (../shared/peers
 # next to the repository). Everything listens on 127.0.0.1 only and every run is bounded by
 # DURATION; the peers this script starts are stopped by their process group when it exits.
@@ -22,6 +24,7 @@ DURATION=${DURATION:-5s}
 WARMUP=${WARMUP:-1s}
 CONNECTIONS=${CONNECTIONS:-50}
 WORKLOADS=${WORKLOADS:-keepalive close}
+ROUNDS=${ROUNDS:-1}
 GENERATOR=${GENERATOR:-herd}
 PEER_PORT=${PEER_PORT:-3100}
 PEERS_DIR=${PEERS_DIR:-$repo/../shared/peers}
@@ -34,6 +37,9 @@ stop_peer() {
     # The peer runs in its own session: its process group id is its pid.
     kill -TERM -- "-$peer_pid" 2>/dev/null || true
     for _ in $(seq 50); do kill -0 "$peer_pid" 2>/dev/null || break; sleep 0.1; done
+    # The leader can exit before the rest of its group (nginx's workers hold their own
+    # reuseport listeners): wait for the port too, then end whatever of the group is left.
+    for _ in $(seq 50); do port_open "$PEER_PORT" || break; sleep 0.1; done
     kill -KILL -- "-$peer_pid" 2>/dev/null || true
     wait "$peer_pid" 2>/dev/null || true
     peer_pid=""
@@ -114,10 +120,13 @@ http {
 EOF
 }
 
-# --- herd first: the numbers every ratio divides by ---
 [ "$GENERATOR" = wrk ] && ! command -v wrk >/dev/null && { note "wrk is not installed; using herd's generator"; GENERATOR=herd; }
 (cd "$repo" && cargo build --release --quiet)
 declare -A herd_rps
+rows=()
+
+# --- herd first: the numbers every ratio of the round divides by ---
+measure_herd() {
 for w in $WORKLOADS; do
   if [ "$GENERATOR" = wrk ]; then
     for p in round-robin reuseport; do
@@ -132,9 +141,9 @@ for w in $WORKLOADS; do
     herd_rps[reuseport-$w]=$(json_rps "$work/herd-$w.json" 2)
   fi
 done
+}
 
 # --- the peers ---
-rows=()
 measure_peer() {
   local name=$1
   for w in $WORKLOADS; do
@@ -144,6 +153,7 @@ measure_peer() {
   done
 }
 
+measure_peers() {
 if command -v node >/dev/null && command -v npm >/dev/null && [ -x "$PEERS_DIR/node-cluster/run.sh" ]; then
   for sched in rr none; do
     if start_peer "node-$sched" env PORT="$PEER_PORT" WORKERS=2 NODE_CLUSTER_SCHED_POLICY="$sched" \
@@ -170,13 +180,36 @@ if command -v nginx >/dev/null; then
 else
   note "nginx not found (apt-get install -y nginx-light): skipping nginx"
 fi
+}
+
+for round in $(seq "$ROUNDS"); do
+  [ "$ROUNDS" -gt 1 ] && note "round $round of $ROUNDS"
+  measure_herd
+  measure_peers
+done
 
 echo
-echo "herd vs peers: $CONNECTIONS connections, $DURATION per run after $WARMUP warm-up, generator: $GENERATOR, 2 workers each"
-printf '%-10s %-10s %12s %14s %12s %14s %12s\n' peer workload "peer req/s" "herd-rr req/s" "rr/peer" "herd-rp req/s" "rp/peer"
-for row in "${rows[@]}"; do
-  read -r name w peer rr rp <<<"$row"
-  awk -v n="$name" -v w="$w" -v p="$peer" -v rr="$rr" -v rp="$rp" 'BEGIN {
-    printf "%-10s %-10s %12.0f %14.0f %11.2fx %14.0f %11.2fx\n", n, w, p, rr, (p > 0 ? rr / p : 0), rp, (p > 0 ? rp / p : 0) }'
-done
+echo "herd vs peers: $CONNECTIONS connections, $DURATION per run after $WARMUP warm-up, generator: $GENERATOR, 2 workers each, median of $ROUNDS round(s)"
+printf '%-10s %-10s %12s %14s %12s %14s %12s  %s\n' peer workload "peer req/s" "herd-rr req/s" "rr/peer" "herd-rp req/s" "rp/peer" "rr/peer by round"
+# Rows arrive in round order; each column's median is taken on its own, the ratios from each
+# round's own pair (not from the medians).
+printf '%s\n' "${rows[@]}" | awk '
+  function median(list,   a, n, i, j, t) {
+    n = split(list, a, " ")
+    for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j - 1] + 0 > a[j] + 0; j--) { t = a[j]; a[j] = a[j - 1]; a[j - 1] = t }
+    return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+  }
+  NF == 5 {
+    k = $1 " " $2
+    if (!(k in seen)) { seen[k] = 1; order[++m] = k }
+    peer[k] = peer[k] " " $3; rr[k] = rr[k] " " $4; rp[k] = rp[k] " " $5
+    r1 = ($3 > 0 ? $4 / $3 : 0); r2 = ($3 > 0 ? $5 / $3 : 0)
+    q1[k] = q1[k] " " r1; q2[k] = q2[k] " " r2; by[k] = by[k] sprintf(" %.2f", r1)
+  }
+  END {
+    for (i = 1; i <= m; i++) {
+      k = order[i]; split(k, nw, " ")
+      printf "%-10s %-10s %12.0f %14.0f %11.2fx %14.0f %11.2fx %s\n", nw[1], nw[2], median(peer[k]), median(rr[k]), median(q1[k]), median(rp[k]), median(q2[k]), by[k]
+    }
+  }'
 [ ${#rows[@]} -gt 0 ] || note "no peer was available: only herd's own numbers above"
