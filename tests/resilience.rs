@@ -95,17 +95,24 @@ fn sighup_replaces_every_worker_without_a_failed_request() {
     reload_under_load("round-robin", 2, 2);
 }
 
-#[test]
-fn sigterm_lets_a_slow_request_finish_then_exits() {
-    let mut server = Server::start(&["--workers", "1"]);
+/// Sends a one-second `/work` request to the only worker and returns once the worker is busy
+/// with it (its CPU time has started to climb). Returns the worker's pid and the connection.
+fn start_slow_request(server: &mut Server) -> (i32, std::net::TcpStream) {
     let worker = server.workers()[0];
     let mut s = connect(server.addr());
     s.write_all(b"GET /work?us=1000000 HTTP/1.1\r\nHost: t\r\n\r\n")
         .unwrap();
     let start_ticks = cpu_ticks(worker);
     wait_for("the worker to be busy", DEADLINE, || {
-        (cpu_ticks(worker) >= start_ticks + 10).then_some(())
+        (cpu_ticks(worker) >= start_ticks + 5).then_some(())
     });
+    (worker, s)
+}
+
+#[test]
+fn sigterm_lets_a_slow_request_finish_then_exits() {
+    let mut server = Server::start(&["--workers", "1"]);
+    let (worker, s) = start_slow_request(&mut server);
     server.signal(Signal::SIGTERM);
     let resp = read_response(&mut BufReader::new(s), false).expect("the slow request completes");
     assert_eq!(resp.status, 200);
@@ -213,14 +220,7 @@ fn reload_works_for_every_policy() {
 #[test]
 fn a_second_sigint_stops_at_once() {
     let mut server = Server::start(&["--workers", "1", "--shutdown-timeout", "60s"]);
-    let worker = server.workers()[0];
-    let mut s = connect(server.addr());
-    s.write_all(b"GET /work?us=1000000 HTTP/1.1\r\nHost: t\r\n\r\n")
-        .unwrap();
-    let start_ticks = cpu_ticks(worker);
-    wait_for("the worker to be busy", DEADLINE, || {
-        (cpu_ticks(worker) >= start_ticks + 5).then_some(())
-    });
+    let (worker, s) = start_slow_request(&mut server);
     server.signal(Signal::SIGINT);
     server.wait_log("shutting down", DEADLINE);
     server.signal(Signal::SIGINT);
