@@ -38,6 +38,7 @@ pub mod ipc;
 pub mod listen;
 pub mod policy;
 pub mod primary;
+pub mod procfs;
 pub mod signals;
 pub mod worker;
 

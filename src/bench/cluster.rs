@@ -13,12 +13,13 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+use crate::procfs;
+pub use crate::procfs::children;
+
 use crate::Policy;
 
 /// Log lines kept from the server (the last ones explain a failure).
 const LOG_KEEP: usize = 200;
-/// Kernel clock ticks per second for `/proc/<pid>/stat` times (`USER_HZ`, 100 on Linux).
-const TICKS_PER_SEC: u64 = 100;
 /// The line a herd primary prints once every worker is online.
 const LISTENING: &str = "listening on http://";
 
@@ -225,20 +226,10 @@ pub struct ProcUsage {
 impl ProcUsage {
     /// Reads `/proc/<pid>/stat` (utime + stime) and `/proc/<pid>/status` (context switches).
     pub fn read(pid: u32) -> Option<ProcUsage> {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        let rest = stat.get(stat.rfind(')')? + 2..)?;
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        // Fields after the command: state is field 3, utime 14, stime 15.
-        let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let switches = status
-            .lines()
-            .filter(|l| l.contains("ctxt_switches:"))
-            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-            .sum();
+        let stat = procfs::Stat::read(pid)?;
         Some(ProcUsage {
-            cpu: Duration::from_millis(ticks * 1000 / TICKS_PER_SEC),
-            switches,
+            cpu: stat.cpu(),
+            switches: procfs::context_switches(pid).unwrap_or(0),
         })
     }
 
@@ -281,32 +272,6 @@ impl Sample {
             workers: self.workers.since(earlier.workers),
         }
     }
-}
-
-/// Live (non-zombie) children of `ppid`, from `/proc`, in pid order.
-pub fn children(ppid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for e in dir.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let Some(rest) = stat.rfind(')').and_then(|i| stat.get(i + 2..)) else {
-            continue;
-        };
-        let mut f = rest.split_whitespace();
-        let (state, parent) = (f.next(), f.next().and_then(|p| p.parse::<u32>().ok()));
-        if parent == Some(ppid) && state != Some("Z") {
-            out.push(pid);
-        }
-    }
-    out.sort_unstable();
-    out
 }
 
 #[cfg(test)]
