@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr};
 
 use herd::http::{HttpConn, HttpHandler};
-use herd::{Cluster, Context, Event, Events, Handler};
+use herd::{Cluster, Context, Event, Events, Handler, WorkerId};
 use mio::net::TcpStream;
 
 /// The worker's side: answers the message `"n"` with `"n primes"`.
@@ -64,9 +64,9 @@ fn count_primes(limit: u64) -> u64 {
 /// Gives worker `id` the next task, if any is left.
 fn give(
     events: &mut Events,
-    id: usize,
+    id: WorkerId,
     todo: &mut VecDeque<u64>,
-    busy: &mut HashMap<usize, u64>,
+    busy: &mut HashMap<WorkerId, u64>,
 ) -> Result<(), herd::Error> {
     if let Some(n) = todo.pop_front() {
         events.control().send(id, n.to_string())?;
@@ -99,7 +99,7 @@ fn main() -> Result<(), herd::Error> {
     }
 
     let mut todo: VecDeque<u64> = (1..=tasks).collect();
-    let mut busy: HashMap<usize, u64> = HashMap::new();
+    let mut busy: HashMap<WorkerId, u64> = HashMap::new();
     let mut results: BTreeMap<u64, u64> = BTreeMap::new();
     let mut events = cluster.events()?;
     while let Some(event) = events.next() {

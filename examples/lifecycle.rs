@@ -52,9 +52,10 @@ fn main() -> Result<(), herd::Error> {
                     online += 1;
                     if online == 3 {
                         println!("workers {}", show(control));
-                        control.disconnect(1);
-                        control.kill(2, Signal::SIGKILL);
-                        if let Err(e) = control.send(3, "crash") {
+                        let ids: Vec<_> = control.workers().iter().map(|w| w.id).collect();
+                        control.disconnect(ids[0]);
+                        control.kill(ids[1], Signal::SIGKILL);
+                        if let Err(e) = control.send(ids[2], "crash") {
                             eprintln!("cannot send: {e}");
                         }
                     } else if online == 5 {

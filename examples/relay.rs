@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 
 use herd::http::{HttpConn, HttpHandler};
-use herd::{Cluster, Context, Control, Event, Handler, MAX_MESSAGE};
+use herd::{Cluster, Context, Control, Event, Handler, WorkerId, MAX_MESSAGE};
 use mio::net::TcpStream;
 
 /// The worker's side: HTTP, plus an echo that checks the order it receives numbers in.
@@ -79,7 +79,7 @@ struct Peer {
 struct Relay {
     count: u64,
     batch: u64,
-    peers: HashMap<usize, Peer>,
+    peers: HashMap<WorkerId, Peer>,
     done: usize,
     workers: usize,
 }
@@ -102,7 +102,7 @@ impl Relay {
         }
     }
 
-    fn on_message(&mut self, id: usize, payload: &[u8], control: &mut Control) {
+    fn on_message(&mut self, id: WorkerId, payload: &[u8], control: &mut Control) {
         let Some(peer) = self.peers.get_mut(&id) else {
             return;
         };

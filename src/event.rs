@@ -1,13 +1,59 @@
 //! Lifecycle events in the primary, with Node's `cluster` vocabulary, delivered to a callback
-//! ([`crate::Cluster::on_event`]) or an iterator ([`crate::Cluster::events`]).
+//! ([`crate::Cluster::on_event`]) or an iterator ([`crate::Cluster::events`]), and the worker
+//! ids they name. Plain data: nothing here knows how the primary works.
 
-use std::cell::RefCell;
-use std::collections::VecDeque;
 use std::fmt;
 use std::net::SocketAddr;
-use std::rc::Rc;
 
-use crate::primary::{Control, Primary, PrimaryError};
+/// A worker's id: its 1-based slot number, kept by the replacements of a worker that died or
+/// was reloaded (Node's `worker.id`, which is never reused; here a slot is).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WorkerId(std::num::NonZeroUsize);
+
+impl WorkerId {
+    /// The id `n`; `None` for 0 (ids start at 1).
+    pub fn new(n: usize) -> Option<WorkerId> {
+        std::num::NonZeroUsize::new(n).map(WorkerId)
+    }
+
+    /// The id of the worker in slot `index` (0-based).
+    pub fn from_index(index: usize) -> WorkerId {
+        WorkerId(std::num::NonZeroUsize::MIN.saturating_add(index))
+    }
+
+    /// The number (1-based).
+    pub fn get(self) -> usize {
+        self.0.get()
+    }
+
+    /// The 0-based slot index.
+    pub fn index(self) -> usize {
+        self.0.get() - 1
+    }
+}
+
+impl fmt::Display for WorkerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl PartialEq<usize> for WorkerId {
+    fn eq(&self, other: &usize) -> bool {
+        self.get() == *other
+    }
+}
+
+impl std::str::FromStr for WorkerId {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.parse::<usize>()
+            .ok()
+            .and_then(WorkerId::new)
+            .ok_or_else(|| format!("'{s}' is not a worker id (1, 2, ...)"))
+    }
+}
 
 /// Something that happened to a worker, as seen by the primary.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,21 +61,21 @@ pub enum Event {
     /// A worker process was started (Node's `fork`).
     Fork {
         /// Worker id (1-based slot number).
-        id: usize,
+        id: WorkerId,
         /// Its process id.
         pid: u32,
     },
     /// The worker set itself up and takes connections (`online`).
     Online {
         /// Worker id.
-        id: usize,
+        id: WorkerId,
         /// Its process id.
         pid: u32,
     },
     /// The worker accepts on a listener it was given (`listening`; shared and reuseport).
     Listening {
         /// Worker id.
-        id: usize,
+        id: WorkerId,
         /// Its process id.
         pid: u32,
         /// The address it listens on.
@@ -38,7 +84,7 @@ pub enum Event {
     /// The worker sent a message (`message`).
     Message {
         /// Worker id.
-        id: usize,
+        id: WorkerId,
         /// Its process id.
         pid: u32,
         /// The bytes it sent.
@@ -47,14 +93,14 @@ pub enum Event {
     /// The worker's channel closed (`disconnect`).
     Disconnect {
         /// Worker id.
-        id: usize,
+        id: WorkerId,
         /// Its process id.
         pid: u32,
     },
     /// The worker process ended (`exit`).
     Exit {
         /// Worker id.
-        id: usize,
+        id: WorkerId,
         /// Its process id.
         pid: u32,
         /// Exit code, if it exited.
@@ -81,7 +127,7 @@ impl Event {
     }
 
     /// The id of the worker the event is about.
-    pub fn id(&self) -> usize {
+    pub fn id(&self) -> WorkerId {
         match *self {
             Event::Fork { id, .. }
             | Event::Online { id, .. }
@@ -165,7 +211,7 @@ pub enum WorkerState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WorkerInfo {
     /// Worker id (1-based slot number).
-    pub id: usize,
+    pub id: WorkerId,
     /// Pid of the process serving the slot, if any.
     pub pid: Option<u32>,
     /// Lifecycle state.
@@ -174,154 +220,33 @@ pub struct WorkerInfo {
     pub connected: bool,
 }
 
-/// The primary's events as an iterator, from [`crate::Cluster::events`].
-///
-/// The primary's loop runs inside [`Iterator::next`], on the calling thread: there is no
-/// background thread, so the signals the primary blocked for its `signalfd` stay blocked on the
-/// thread that reads them (which is why `Events` is neither `Send` nor `Sync`). Between two
-/// events, [`Events::control`] sends messages and disconnects, kills or stops workers; the
-/// commands are carried out when `next` is called again. Handle each event promptly: while the
-/// caller is busy, the primary does not hand out connections.
-///
-/// The iterator ends (`None`) after a graceful shutdown has completed (`SIGTERM`, `SIGINT` or
-/// [`crate::Control::shutdown`]); an `Err` item means the loop failed, and is the last item.
-/// Dropping it early stops the cluster gracefully and waits for the workers to exit.
-///
-/// ```no_run
-/// use herd::{Cluster, Event, http::HttpHandler};
-///
-/// fn main() -> Result<(), herd::Error> {
-///     let cluster = Cluster::new().workers(2).port(0);
-///     if herd::is_worker() {
-///         return cluster.run(HttpHandler::default);
-///     }
-///     let mut events = cluster.events()?;
-///     println!("listening on {}", events.local_addr());
-///     while let Some(event) = events.next() {
-///         match event? {
-///             Event::Online { id, .. } => events.control().send(id, "hello")?,
-///             Event::Message { id, payload, .. } => {
-///                 println!("worker {id} says {}", String::from_utf8_lossy(&payload));
-///             }
-///             Event::Exit { id, exited_after_disconnect: false, .. } => {
-///                 println!("worker {id} crashed; it will be replaced");
-///             }
-///             _ => {}
-///         }
-///     }
-///     Ok(())
-/// }
-/// ```
-pub struct Events {
-    primary: Primary,
-    queue: Rc<RefCell<VecDeque<Event>>>,
-    buf: mio::Events,
-    started: bool,
-    finished: bool,
-}
-
-impl fmt::Debug for Events {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Events")
-            .field("local_addr", &self.primary.local_addr())
-            .field("queued", &self.queue.borrow().len())
-            .field("started", &self.started)
-            .field("finished", &self.finished)
-            .finish()
-    }
-}
-
-impl Events {
-    /// Wraps a primary whose event hook pushes every event onto `queue`.
-    pub(crate) fn new(primary: Primary, queue: Rc<RefCell<VecDeque<Event>>>) -> Events {
-        Events {
-            primary,
-            queue,
-            buf: mio::Events::with_capacity(1024),
-            started: false,
-            finished: false,
-        }
-    }
-
-    /// The address actually bound (the real port when 0 was asked for).
-    pub fn local_addr(&self) -> SocketAddr {
-        self.primary.local_addr()
-    }
-
-    /// Commands for the workers, and a view of them as of now.
-    pub fn control(&mut self) -> &mut Control {
-        self.primary.control()
-    }
-}
-
-impl Iterator for Events {
-    type Item = Result<Event, PrimaryError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        loop {
-            if let Some(event) = self.queue.borrow_mut().pop_front() {
-                return Some(Ok(event));
-            }
-            if self.finished {
-                return None;
-            }
-            if !self.started {
-                self.started = true;
-                self.primary.start();
-                continue;
-            }
-            match self.primary.turn(&mut self.buf) {
-                Ok(false) => {}
-                Ok(true) => {
-                    self.finished = true;
-                    self.primary.finish();
-                }
-                Err(e) => {
-                    self.finished = true;
-                    return Some(Err(e));
-                }
-            }
-        }
-    }
-}
-
-impl Drop for Events {
-    fn drop(&mut self) {
-        if !self.started || self.finished {
-            return;
-        }
-        self.primary.control().shutdown();
-        for item in self.by_ref() {
-            if let Err(e) = item {
-                log::error!("stopping the cluster: {e}");
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn helpers_and_display() {
+        let w = |n| WorkerId::new(n).unwrap();
         let m = Event::Message {
-            id: 2,
+            id: w(2),
             pid: 7,
             payload: b"done 42".to_vec(),
         };
-        assert_eq!((m.name(), m.id(), m.pid()), ("message", 2, 7));
+        assert_eq!((m.name(), m.id().get(), m.pid()), ("message", 2, 7));
+        assert_eq!(WorkerId::from_index(0), w(1));
+        assert_eq!((w(3).index(), w(3).to_string()), (2, "3".to_string()));
+        assert!(WorkerId::new(0).is_none() && "0".parse::<WorkerId>().is_err());
         assert_eq!(m.text(), Some("done 42"));
         assert_eq!(m.to_string(), "message id=2 pid=7 len=7");
         let bad = Event::Message {
-            id: 1,
+            id: w(1),
             pid: 1,
             payload: vec![0xff],
         };
         assert_eq!(bad.text(), None);
         assert_eq!(bad.payload(), Some(&[0xff][..]));
         let exit = Event::Exit {
-            id: 3,
+            id: w(3),
             pid: 9,
             code: None,
             signal: Some(9),

@@ -29,7 +29,9 @@
 //! | `http.createServer((req, res) => ...)` | [`http::HttpHandler`], your own [`Handler`], or [`blocking::serve`] |
 
 #![warn(missing_docs)]
+#![deny(unsafe_code)]
 
+#[cfg(feature = "cli")]
 pub mod bench;
 pub mod blocking;
 pub mod event;
@@ -40,7 +42,9 @@ pub mod policy;
 pub mod primary;
 pub mod procfs;
 pub mod signals;
+mod sys;
 pub mod worker;
+pub mod worker_env;
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -49,12 +53,12 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::rc::Rc;
 use std::time::Duration;
 
-pub use event::{Event, Events, WorkerInfo, WorkerState};
+pub use event::{Event, WorkerId, WorkerInfo, WorkerState};
 pub use ipc::{IpcError, MAX_MESSAGE};
 /// Signals for [`Control::kill`] (re-exported from `nix`).
 pub use nix::sys::signal::Signal;
 pub use policy::Policy;
-pub use primary::{Control, PrimaryError};
+pub use primary::{Control, Events, PrimaryError};
 pub use worker::{worker_id, Connection, Context, Handler, Status, WorkerError};
 
 /// Default handoff window: connections a worker may hold unacked.

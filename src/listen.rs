@@ -1,12 +1,16 @@
-//! Listening sockets, created by the primary for every policy.
+//! Listening sockets, created by the primary for every policy: bound before anything else
+//! happens, so a port conflict fails once, early, with a clear error.
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::{FromRawFd, IntoRawFd};
+use std::os::fd::AsFd;
+use std::time::Duration;
+
+use crate::policy::ListenerPlan;
 
 use nix::sys::socket::{
-    bind, listen, setsockopt, socket, sockopt, AddressFamily, Backlog, SockFlag, SockType,
-    SockaddrStorage,
+    bind as bind_socket, listen, setsockopt, socket, sockopt, AddressFamily, Backlog, SockFlag,
+    SockType, SockaddrStorage,
 };
 
 /// Accept-queue length asked of the kernel (capped by `net.core.somaxconn`).
@@ -46,38 +50,69 @@ pub fn bind_listener(addr: SocketAddr, reuseport: bool) -> Result<TcpListener, L
     if reuseport {
         setsockopt(&fd, sockopt::ReusePort, &true).map_err(err)?;
     }
-    bind(
+    bind_socket(
         std::os::fd::AsRawFd::as_raw_fd(&fd),
         &SockaddrStorage::from(addr),
     )
     .map_err(err)?;
     listen(&fd, Backlog::new(BACKLOG).unwrap_or(Backlog::MAXCONN)).map_err(err)?;
-    // SAFETY: `fd` is a listening TCP socket we own; ownership moves into the TcpListener.
-    Ok(unsafe { TcpListener::from_raw_fd(fd.into_raw_fd()) })
+    Ok(TcpListener::from(fd))
 }
 
 /// Asks the kernel to report a connection as acceptable only once the client has sent data
 /// (`TCP_DEFER_ACCEPT`, nginx's `deferred`): the worker then finds the request already there and
 /// serves it without waiting for another wakeup. Only for protocols where the client speaks
 /// first (HTTP); a server that greets first would wait for the timeout instead.
-pub fn defer_accept(listener: std::os::fd::BorrowedFd<'_>, seconds: i32) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: a plain setsockopt on a borrowed (open) socket, with a pointer to a live i32 and
-    // its exact length.
-    let rc = unsafe {
-        nix::libc::setsockopt(
-            listener.as_raw_fd(),
-            nix::libc::IPPROTO_TCP,
-            nix::libc::TCP_DEFER_ACCEPT,
-            (&seconds as *const i32).cast(),
-            std::mem::size_of::<i32>() as nix::libc::socklen_t,
-        )
+pub fn defer_accept(listener: std::os::fd::BorrowedFd<'_>, within: Duration) -> io::Result<()> {
+    let seconds = within.as_secs_f64().ceil().clamp(1.0, i32::MAX as f64) as i32;
+    crate::sys::set_defer_accept(listener, seconds)
+}
+
+/// The listening sockets of one cluster.
+#[derive(Debug)]
+pub struct Bound {
+    /// The socket the primary accepts on (primary-accepts policies).
+    pub accept: Option<TcpListener>,
+    /// The sockets handed to workers (workers-accept policies): one shared, or one per worker
+    /// slot. The primary keeps them open, so a worker restart loses nothing queued on them.
+    pub handed: Vec<TcpListener>,
+    /// The address actually bound (the real port when 0 was asked for).
+    pub local_addr: SocketAddr,
+}
+
+/// Binds what `plan` needs on `addr` for `workers` workers (`None`: the primary accepts), with
+/// `TCP_DEFER_ACCEPT` when `defer` is set (a warning if the kernel refuses it).
+pub fn bind(
+    plan: Option<ListenerPlan>,
+    addr: SocketAddr,
+    workers: usize,
+    defer: Option<Duration>,
+) -> Result<Bound, ListenError> {
+    let (accept, handed) = match plan {
+        None => (Some(bind_listener(addr, false)?), Vec::new()),
+        Some(ListenerPlan::Shared) => (None, vec![bind_listener(addr, false)?]),
+        Some(ListenerPlan::PerWorker) => (None, bind_group(addr, workers)?),
     };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
+    let local_addr = accept
+        .iter()
+        .chain(handed.iter())
+        .next()
+        .map(|l| l.local_addr())
+        .transpose()
+        .map_err(|source| ListenError { addr, source })?
+        .unwrap_or(addr);
+    if let Some(within) = defer {
+        for l in accept.iter().chain(handed.iter()) {
+            if let Err(e) = defer_accept(l.as_fd(), within) {
+                log::warn!("TCP_DEFER_ACCEPT not available: {e}");
+            }
+        }
     }
+    Ok(Bound {
+        accept,
+        handed,
+        local_addr,
+    })
 }
 
 /// Creates `count` listeners on one address: the first binds (resolving port 0), the others

@@ -1,8 +1,10 @@
 //! Signals delivered into a `mio` loop through `signalfd`.
 //!
 //! The signals are blocked for the calling thread and read from a non-blocking `signalfd`
-//! registered with the loop. The blocked mask is inherited across `exec`, so children must
-//! reset it (std's `Command` does; workers set their own mask at start anyway).
+//! registered with the loop; dropping [`Signals`] restores the thread's previous mask, so a
+//! library user's process reacts to Ctrl-C again once the cluster is gone. The blocked mask is
+//! inherited across `exec`, so children must reset it (std's `Command` does; workers set their
+//! own mask at start anyway).
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -10,9 +12,11 @@ use std::os::fd::{AsRawFd, RawFd};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
-/// A `signalfd` for a fixed set of signals.
+/// A `signalfd` for a fixed set of signals, blocked for this thread while it lives.
 pub struct Signals {
     fd: SignalFd,
+    /// The thread's mask before; restored on drop.
+    previous: SigSet,
 }
 
 impl Signals {
@@ -22,11 +26,16 @@ impl Signals {
         for s in signals {
             set.add(*s);
         }
-        nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None)
+        let mut previous = SigSet::empty();
+        nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), Some(&mut previous))
             .map_err(io::Error::from)?;
-        let fd = SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
-            .map_err(io::Error::from)?;
-        Ok(Signals { fd })
+        match SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC) {
+            Ok(fd) => Ok(Signals { fd, previous }),
+            Err(e) => {
+                restore(&previous);
+                Err(e.into())
+            }
+        }
     }
 
     /// Reads every pending signal (call after the loop reports the fd readable).
@@ -46,10 +55,42 @@ impl Signals {
     }
 }
 
-/// Ignores `SIGPIPE`: a write to a closed peer becomes an `EPIPE` error instead of a death.
-pub fn ignore_sigpipe() {
-    // SAFETY: installing SIG_IGN has no handler code to be unsafe about.
-    unsafe {
-        let _ = nix::sys::signal::signal(Signal::SIGPIPE, nix::sys::signal::SigHandler::SigIgn);
+impl Drop for Signals {
+    fn drop(&mut self) {
+        // Signals that arrived and were not read stay pending and are delivered now, with
+        // their usual effect: what the caller would have seen without us.
+        restore(&self.previous);
+    }
+}
+
+fn restore(previous: &SigSet) {
+    if let Err(e) = nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(previous), None)
+    {
+        log::error!("cannot restore the signal mask: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_old_mask_comes_back_on_drop() {
+        // A thread of its own: the mask is per thread, and other tests run beside this one.
+        std::thread::spawn(|| {
+            let mask = || {
+                let mut m = SigSet::empty();
+                nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, None, Some(&mut m))
+                    .unwrap();
+                m
+            };
+            assert!(!mask().contains(Signal::SIGUSR2));
+            let s = Signals::new(&[Signal::SIGUSR2]).unwrap();
+            assert!(mask().contains(Signal::SIGUSR2));
+            drop(s);
+            assert!(!mask().contains(Signal::SIGUSR2));
+        })
+        .join()
+        .unwrap();
     }
 }

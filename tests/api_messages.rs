@@ -8,19 +8,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use herd::{Control, IpcError, MAX_MESSAGE};
+use herd::{Control, IpcError, WorkerId, MAX_MESSAGE};
 use nix::sys::signal::Signal;
 
 #[test]
 fn control_send_refuses_an_oversized_payload() {
     let mut control = Control::default();
-    match control.send(1, vec![0; MAX_MESSAGE + 1]) {
+    let one = WorkerId::new(1).unwrap();
+    match control.send(one, vec![0; MAX_MESSAGE + 1]) {
         Err(IpcError::TooLarge(n)) => assert_eq!(n, MAX_MESSAGE + 1),
         other => panic!("expected TooLarge, got {other:?}"),
     }
-    assert!(control.send(1, vec![0; MAX_MESSAGE]).is_ok());
-    assert!(control.send(1, "text works too").is_ok());
-    assert!(control.is_dead(1), "no such worker: dead");
+    assert!(control.send(one, vec![0; MAX_MESSAGE]).is_ok());
+    assert!(control.send(one, "text works too").is_ok());
+    assert!(control.is_dead(one), "no such worker: dead");
     assert!(control.workers().is_empty());
 }
 

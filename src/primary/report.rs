@@ -1,10 +1,11 @@
-//! The per-worker statistics table (printed on `SIGUSR2` and at shutdown).
+//! The per-worker statistics table: asked of the workers on `SIGUSR2` and printed once they
+//! have all answered, and printed at shutdown.
 
 use std::fmt::Write;
 
-use slab::Slab;
-
-use super::slot::{Proc, Slot};
+use super::workers::Workers;
+use super::Primary;
+use crate::ipc::ToWorker;
 use crate::policy::Policy;
 
 /// One row of the table: a worker slot's counters, over every process that lived in it.
@@ -12,7 +13,7 @@ use crate::policy::Policy;
 pub struct Row {
     /// Worker id.
     pub id: usize,
-    /// Pid of the current process (0 if none).
+    /// Pid of the current process, or of the last one if the slot is empty (0 if never).
     pub pid: u32,
     /// Connections the primary handed to it.
     pub handed: u64,
@@ -29,19 +30,21 @@ pub struct Row {
 /// Collects one row per slot. `primary_counts`: workers report closes to the primary (the
 /// least-connections policy decides on that count), so the primary's own count of open
 /// connections is the freshest; otherwise the worker's last report is.
-pub fn rows(slots: &[Slot], procs: &Slab<Proc>, primary_counts: bool) -> Vec<Row> {
-    slots
+pub fn rows(workers: &Workers, primary_counts: bool) -> Vec<Row> {
+    workers
+        .slots()
         .iter()
         .map(|s| {
             let mut row = Row {
-                id: s.id,
+                id: s.id.get(),
+                pid: s.last_pid.unwrap_or(0),
                 handed: s.past_handed,
                 connections: s.past.connections,
                 requests: s.past.requests,
                 restarts: s.restarts,
                 ..Row::default()
             };
-            for (key, p) in procs.iter().filter(|(_, p)| p.slot == s.id - 1) {
+            for (key, p) in workers.procs().filter(|(_, p)| p.slot.0 == s.id.index()) {
                 if s.current == Some(key) {
                     row.pid = p.pid;
                 }
@@ -56,8 +59,8 @@ pub fn rows(slots: &[Slot], procs: &Slab<Proc>, primary_counts: bool) -> Vec<Row
 }
 
 /// Renders the table as text, one line per worker and a total.
-pub fn table(slots: &[Slot], procs: &Slab<Proc>, policy: Policy) -> String {
-    let rows = rows(slots, procs, policy.needs_close_reports());
+pub fn table(workers: &Workers, policy: Policy) -> String {
+    let rows = rows(workers, policy.needs_close_reports());
     for r in &rows {
         log::debug!("worker stats: {r:?}");
     }
@@ -86,4 +89,37 @@ pub fn table(slots: &[Slot], procs: &Slab<Proc>, policy: Policy) -> String {
         "total", "-", total.handed, total.connections, total.open, total.requests, total.restarts
     );
     out
+}
+
+impl Primary {
+    /// `SIGUSR2`: asks every worker for its counters; the table is printed once all answered.
+    pub(super) fn request_stats(&mut self) {
+        self.phase.stats_wanted = true;
+        for key in self.workers.keys() {
+            let Some(p) = self.workers.get_mut(key) else {
+                continue;
+            };
+            if !p.channel_closed {
+                p.stats_fresh = false;
+                p.link.send(ToWorker::StatsRequest);
+                self.flush(key);
+            }
+        }
+        self.report_if_complete();
+    }
+
+    /// Prints the table if one was asked for and every live worker has answered.
+    pub(super) fn report_if_complete(&mut self) {
+        if !self.phase.stats_wanted {
+            return;
+        }
+        let waiting = self
+            .workers
+            .procs()
+            .any(|(_, p)| !p.channel_closed && !p.stats_fresh);
+        if !waiting {
+            self.phase.stats_wanted = false;
+            log::info!("{}", table(&self.workers, self.config.policy));
+        }
+    }
 }

@@ -1,0 +1,50 @@
+//! The primary <-> worker channel.
+//!
+//! One `SOCK_SEQPACKET` Unix socket pair per worker. Every message is one packet, so message
+//! boundaries are kept by the kernel and a file descriptor always arrives together with the
+//! message that names it (`SCM_RIGHTS` on that same packet). Both ends are non-blocking.
+//!
+//! - [`wire`]: herd's messages, [`ToWorker`] and [`ToPrimary`], and their bytes;
+//! - [`Channel`]: the socket, sending and receiving packets with descriptors;
+//! - [`Endpoint`]: what both loops use: the socket, the queue the kernel has not taken yet,
+//!   the writable interest, a `mio` source that speaks typed messages;
+//! - [`WorkerLink`]: the primary's end, which also keeps each handed-over socket until the
+//!   worker acknowledges it.
+//!
+//! We call `sendmsg` through `nix` and `recvmsg` through [`crate::sys`] rather than the
+//! `sendfd` crate because we need `MSG_CMSG_CLOEXEC` (received client sockets must not leak into
+//! a worker's children), `MSG_NOSIGNAL` and `MSG_DONTWAIT` on the send side, and the descriptors
+//! that did arrive when `MSG_CTRUNC` is set on the receive side, none of which `sendfd` exposes
+//! (and `nix` 0.29 refuses to parse a truncated control message).
+
+mod channel;
+mod endpoint;
+mod link;
+pub mod wire;
+
+use std::io;
+
+pub use channel::{Channel, Packet};
+pub use endpoint::{Delivery, Endpoint, Envelope};
+pub use link::WorkerLink;
+pub use wire::{
+    ConnId, Incoming, Outgoing, ToPrimary, ToWorker, WorkerStats, MAX_ACK_IDS, MAX_CONN_BATCH,
+    MAX_MESSAGE,
+};
+
+/// Errors of the channel.
+#[derive(Debug, thiserror::Error)]
+pub enum IpcError {
+    /// A user message was larger than [`MAX_MESSAGE`].
+    #[error("message of {0} bytes is larger than the limit of {MAX_MESSAGE} bytes")]
+    TooLarge(usize),
+    /// The peer sent bytes this version does not understand.
+    #[error("malformed channel message: {0}")]
+    Malformed(&'static str),
+    /// The peer closed its end.
+    #[error("channel closed by the peer")]
+    Closed,
+    /// The operating system refused.
+    #[error("channel i/o: {0}")]
+    Io(#[from] io::Error),
+}

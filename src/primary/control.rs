@@ -1,0 +1,185 @@
+//! What user code can ask of the primary ([`Control`]: messages, disconnect, kill, shutdown),
+//! and the emission of lifecycle events to the user's hook.
+
+use nix::sys::signal::Signal;
+
+use super::workers::State;
+use super::Primary;
+use crate::event::{Event, WorkerId, WorkerInfo, WorkerState};
+use crate::ipc::{IpcError, ToWorker};
+
+/// Called for every lifecycle event; may queue messages and commands through [`Control`].
+pub type EventHook = Box<dyn FnMut(&Event, &mut Control)>;
+
+/// One command given through [`Control`], carried out in the order given.
+#[derive(Debug)]
+enum Command {
+    /// A user message (already checked for size) for a worker.
+    Send(WorkerId, Vec<u8>),
+    Disconnect(WorkerId),
+    Kill(WorkerId, Signal),
+    Shutdown,
+}
+
+/// Commands an event hook gives the primary, and a view of the workers as of the event.
+///
+/// Commands are carried out in the order given, right after the hook (or, with
+/// [`crate::Events`], before the loop waits again).
+#[derive(Debug, Default)]
+pub struct Control {
+    commands: Vec<Command>,
+    workers: Vec<WorkerInfo>,
+}
+
+impl Control {
+    /// Sends `payload` to worker `id`, where it arrives as `Handler::message`, in order and in
+    /// one piece (Node's `worker.send`).
+    ///
+    /// A payload larger than [`crate::ipc::MAX_MESSAGE`] is refused with
+    /// [`IpcError::TooLarge`] and nothing is sent. A message for a worker that is dead by the
+    /// time it is carried out is dropped (and logged): watch for `exit` events, or
+    /// [`Control::is_dead`].
+    pub fn send(&mut self, id: WorkerId, payload: impl Into<Vec<u8>>) -> Result<(), IpcError> {
+        let payload = payload.into();
+        if payload.len() > crate::ipc::MAX_MESSAGE {
+            return Err(IpcError::TooLarge(payload.len()));
+        }
+        self.commands.push(Command::Send(id, payload));
+        Ok(())
+    }
+
+    /// Asks worker `id` to finish its work and exit; it is not replaced, and its `exit` event
+    /// has `exited_after_disconnect: true` (Node's `worker.disconnect()`).
+    pub fn disconnect(&mut self, id: WorkerId) {
+        self.commands.push(Command::Disconnect(id));
+    }
+
+    /// Sends `signal` to worker `id`'s process (Node's `worker.process.kill(signal)`).
+    ///
+    /// If the signal ends it, that counts as a crash (`exited_after_disconnect: false`) and the
+    /// worker is replaced. For Node's `worker.kill()`, call [`Control::disconnect`] first.
+    pub fn kill(&mut self, id: WorkerId, signal: Signal) {
+        self.commands.push(Command::Kill(id, signal));
+    }
+
+    /// Stops the whole cluster gracefully, as `SIGTERM` does: every worker is disconnected and
+    /// the primary returns once they have exited (Node's `cluster.disconnect()`). Asking again
+    /// while the cluster is stopping changes nothing.
+    pub fn shutdown(&mut self) {
+        self.commands.push(Command::Shutdown);
+    }
+
+    /// Every worker slot, in id order, as of the current event.
+    pub fn workers(&self) -> &[WorkerInfo] {
+        &self.workers
+    }
+
+    /// Worker `id` as of the current event, if there is such a slot.
+    pub fn worker(&self, id: WorkerId) -> Option<&WorkerInfo> {
+        self.workers.iter().find(|w| w.id == id)
+    }
+
+    /// True when worker `id` has no live process (Node's `worker.isDead()`); also true for an
+    /// id that names no slot.
+    pub fn is_dead(&self, id: WorkerId) -> bool {
+        self.worker(id).is_none_or(|w| w.state == WorkerState::Dead)
+    }
+}
+
+impl Primary {
+    /// The commands queue, with its view of the workers brought up to date.
+    pub(crate) fn control(&mut self) -> &mut Control {
+        self.refresh_view();
+        &mut self.hooks.control
+    }
+
+    /// Tells the user's hook (if any) about `event`.
+    pub(super) fn emit(&mut self, event: Event) {
+        log::debug!("event: {event}");
+        if self.hooks.hook.is_none() {
+            return;
+        }
+        self.refresh_view();
+        if let Some(hook) = self.hooks.hook.as_mut() {
+            hook(&event, &mut self.hooks.control);
+        }
+    }
+
+    /// Rebuilds the workers' view that [`Control`] shows.
+    fn refresh_view(&mut self) {
+        let workers = &self.workers;
+        let view = &mut self.hooks.control.workers;
+        view.clear();
+        view.extend(workers.slots().iter().map(|slot| {
+            match slot.current.and_then(|k| workers.get(k)) {
+                Some(p) => WorkerInfo {
+                    id: slot.id,
+                    pid: Some(p.pid),
+                    state: match p.state {
+                        State::Starting => WorkerState::Starting,
+                        State::Online => WorkerState::Online,
+                        State::Disconnecting => WorkerState::Disconnecting,
+                    },
+                    connected: !p.channel_closed,
+                },
+                None => WorkerInfo {
+                    id: slot.id,
+                    pid: None,
+                    state: WorkerState::Dead,
+                    connected: false,
+                },
+            }
+        }));
+    }
+
+    /// Carries out what the event hook asked for, in order, including what it asks while
+    /// these commands run (they can cause events too).
+    pub(super) fn apply_control(&mut self) {
+        loop {
+            let commands = std::mem::take(&mut self.hooks.control.commands);
+            if commands.is_empty() {
+                return;
+            }
+            for c in commands {
+                self.apply(c);
+            }
+        }
+    }
+
+    fn apply(&mut self, command: Command) {
+        match command {
+            Command::Send(id, payload) => match self.workers.current(id) {
+                Some(key) => {
+                    if let Some(p) = self.workers.get_mut(key) {
+                        p.link.send(ToWorker::Message(payload));
+                    }
+                    self.flush(key);
+                }
+                None => log::warn!("message for worker {id} dropped: it is not running"),
+            },
+            Command::Disconnect(id) => {
+                if let Some(key) = self.workers.current(id) {
+                    self.disconnect(key);
+                }
+            }
+            Command::Kill(id, sig) => {
+                if let Some(p) = self.workers.current(id).and_then(|k| self.workers.get(k)) {
+                    let pid = nix::unistd::Pid::from_raw(p.pid as i32);
+                    let _ = nix::sys::signal::kill(pid, sig);
+                }
+            }
+            Command::Shutdown => {
+                if !self.stopping() {
+                    self.begin_shutdown();
+                }
+            }
+        }
+    }
+}
+
+/// The user's hook and the commands it gave.
+#[derive(Default)]
+pub(super) struct Hooks {
+    pub hook: Option<EventHook>,
+    pub control: Control,
+}

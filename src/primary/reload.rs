@@ -1,0 +1,110 @@
+//! The rolling reload (`SIGHUP`): each slot in turn gets a new process; the old one keeps
+//! serving (and stays in the rotation) until its replacement is online, then drains.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use super::workers::{ProcKey, SlotIndex, State};
+use super::Primary;
+
+/// How long a new worker may take to come online during a reload.
+const ONLINE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// A rolling reload in progress.
+#[derive(Debug)]
+pub(super) struct Reload {
+    /// Slots still to replace.
+    todo: VecDeque<SlotIndex>,
+    /// The replacement being started: its slot, its key and its online deadline.
+    current: Option<(SlotIndex, ProcKey, Instant)>,
+}
+
+impl Reload {
+    /// When the replacement being started must be online.
+    pub(super) fn deadline(&self) -> Option<Instant> {
+        self.current.map(|c| c.2)
+    }
+}
+
+impl Primary {
+    /// Starts a rolling reload, unless one runs or the cluster is stopping.
+    pub(super) fn begin_reload(&mut self) {
+        if self.stopping() {
+            return;
+        }
+        if self.phase.reload.is_some() {
+            log::warn!("reload already in progress; ignoring SIGHUP");
+            return;
+        }
+        log::info!(
+            "reloading {} workers one at a time",
+            self.workers.slots().len()
+        );
+        self.phase.reload = Some(Reload {
+            todo: self.workers.indices().collect(),
+            current: None,
+        });
+        self.step_reload(Instant::now());
+    }
+
+    /// Advances the reload: swaps in a replacement that came online, gives up on one that did
+    /// not (keeping the old worker), starts the next one.
+    pub(super) fn step_reload(&mut self, now: Instant) {
+        let Some(mut r) = self.phase.reload.take() else {
+            return;
+        };
+        if let Some((i, new, deadline)) = r.current.take() {
+            let state = self.workers.get(new).map(|p| (p.state, p.channel_closed));
+            match state {
+                Some((State::Online, false)) => self.swap_in(i, new),
+                Some((State::Starting, false)) if now < deadline => {
+                    r.current = Some((i, new, deadline));
+                    self.phase.reload = Some(r);
+                    return;
+                }
+                _ => {
+                    log::error!(
+                        "reload failed: the replacement for worker {} did not come online; keeping the old one and stopping the reload",
+                        self.workers.slot(i).id
+                    );
+                    if let Some(p) = self.workers.get_mut(new) {
+                        p.disconnect_sent = true;
+                        let _ = p.child.kill();
+                    }
+                    return;
+                }
+            }
+        }
+        while let Some(i) = r.todo.pop_front() {
+            if self.workers.slot(i).current.is_none() {
+                continue; // dead slot: its respawn brings the new code anyway
+            }
+            match self.spawn(i) {
+                Some(new) => {
+                    r.current = Some((i, new, now + ONLINE_DEADLINE));
+                    self.phase.reload = Some(r);
+                    return;
+                }
+                None => {
+                    log::error!(
+                        "reload failed: cannot start a new worker {}; keeping the old workers",
+                        self.workers.slot(i).id
+                    );
+                    return;
+                }
+            }
+        }
+        log::info!("reload complete");
+    }
+
+    /// The replacement `new` is online: it takes slot `i`, and the old worker drains.
+    fn swap_in(&mut self, i: SlotIndex, new: ProcKey) {
+        let old = self.workers.slot_mut(i).current.replace(new);
+        if let Some(old) = old {
+            if let (Some(o), Some(n)) = (self.workers.get(old), self.workers.get(new)) {
+                log::info!("worker {} replaced by {}", o.pid, n.pid);
+            }
+            self.disconnect(old);
+        }
+    }
+}

@@ -1,0 +1,50 @@
+//! Starting a worker process: the program, its arguments and environment, and its end of a
+//! fresh channel kept open across `exec`.
+
+use std::ffi::OsString;
+use std::io;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use crate::event::WorkerId;
+use crate::ipc::Channel;
+use crate::worker_env::WorkerEnv;
+
+/// How to start a worker.
+#[derive(Debug, Clone)]
+pub struct Spawner {
+    /// The program (the primary's own executable, resolved at start).
+    pub exe: PathBuf,
+    /// Its arguments (the primary's own, unless the builder set others).
+    pub args: Vec<OsString>,
+    /// Extra environment for workers.
+    pub env: Vec<(OsString, OsString)>,
+    /// Whether workers report closed connections promptly.
+    pub report_closes: bool,
+    /// Most connections one worker serves at once (0: no limit).
+    pub max_connections: usize,
+}
+
+impl Spawner {
+    /// Starts worker `id` with its end of a fresh channel; returns the child and the primary's
+    /// end.
+    pub fn spawn(&self, id: WorkerId) -> io::Result<(Child, Channel)> {
+        let (mine, theirs) = Channel::pair()?;
+        let fd = theirs.raw_fd();
+        let mut cmd = Command::new(&self.exe);
+        cmd.args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null());
+        WorkerEnv {
+            id,
+            channel_fd: fd,
+            report_closes: self.report_closes,
+            max_connections: self.max_connections,
+        }
+        .apply(&mut cmd);
+        crate::sys::keep_open_across_exec(&mut cmd, fd);
+        let child = cmd.spawn()?;
+        drop(theirs);
+        Ok((child, mine))
+    }
+}

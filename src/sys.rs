@@ -1,0 +1,201 @@
+//! Every `unsafe` block of the crate, each with its SAFETY argument. The rest of the crate is
+//! `#![deny(unsafe_code)]` and calls these safe wrappers.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::mem::{size_of, MaybeUninit};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+use nix::libc;
+
+/// Most descriptors one received packet may carry; the control buffer is sized for it.
+pub const MAX_RECV_FDS: usize = 16;
+
+/// Ignores `SIGPIPE`: a write to a closed peer becomes an `EPIPE` error instead of a death.
+pub fn ignore_sigpipe() {
+    // SAFETY: installing SIG_IGN runs no handler code, so there is no async-signal-safety
+    // question; it only changes this process's disposition.
+    unsafe {
+        let _ = nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGPIPE,
+            nix::sys::signal::SigHandler::SigIgn,
+        );
+    }
+}
+
+/// Makes `fd` survive the `exec` of `cmd`'s child (clears close-on-exec in the child only;
+/// the parent's descriptor keeps its flag, so no other child inherits it).
+pub fn keep_open_across_exec(cmd: &mut Command, fd: RawFd) {
+    // SAFETY: between fork and exec the closure calls only fcntl, which is async-signal-safe,
+    // and touches no memory shared with other threads.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Takes ownership of an inherited descriptor after checking that it is open and a
+/// `SOCK_SEQPACKET` socket (the channel a herd primary passes): a wrong number in the
+/// environment is an error, never a stray descriptor closed or misused.
+pub fn own_inherited_seqpacket(fd: RawFd) -> io::Result<OwnedFd> {
+    if fd < 0 {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "negative fd"));
+    }
+    // SAFETY: F_GETFD only reads the descriptor flags; it fails with EBADF on a closed number.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut ty: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: SO_TYPE writes one c_int into `ty`, whose size `len` gives; fd is open (checked).
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_TYPE,
+            (&mut ty as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    if ty != libc::SOCK_SEQPACKET {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("fd {fd} is not a SOCK_SEQPACKET socket"),
+        ));
+    }
+    // SAFETY: the descriptor is open (F_GETFD succeeded), it was passed to this process for
+    // this purpose, and this is the only place that takes ownership of it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `TCP_DEFER_ACCEPT` (not wrapped by `nix`): report a connection as acceptable only once the
+/// client has sent data, waiting at most about `seconds`.
+pub fn set_defer_accept(listener: BorrowedFd<'_>, seconds: i32) -> io::Result<()> {
+    // SAFETY: a plain setsockopt on a borrowed (so open) socket, with a pointer to a live i32
+    // and its exact length.
+    let rc = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&seconds as *const i32).cast(),
+            size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// What one `recvmsg` brought.
+#[derive(Debug)]
+pub struct Received {
+    /// Bytes of the packet (0 with no descriptors: the peer closed).
+    pub len: usize,
+    /// Descriptors that arrived (`SCM_RIGHTS`), close-on-exec, in order.
+    pub fds: Vec<OwnedFd>,
+    /// `MSG_CTRUNC`: the kernel could not install every descriptor (this process is out of
+    /// descriptors, or the buffer was too small); the ones missing from `fds` were dropped.
+    pub fds_truncated: bool,
+    /// `MSG_TRUNC`: the packet was larger than `buf`.
+    pub data_truncated: bool,
+}
+
+/// Room for one `SCM_RIGHTS` message of [`MAX_RECV_FDS`] descriptors, aligned for `cmsghdr`.
+#[repr(C)]
+struct CmsgBuf {
+    _align: [libc::cmsghdr; 0],
+    bytes: [u8; 128],
+}
+
+/// Receives one packet without blocking, with `MSG_CMSG_CLOEXEC`. Unlike `nix::recvmsg`, the
+/// descriptors that did arrive are returned even when the control data was truncated
+/// (`MSG_CTRUNC`), so that they are owned (and closed) rather than leaked, and so that the
+/// caller knows which ids came without their socket.
+pub fn recv_with_fds(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Received> {
+    const _: () = assert!(
+        // SAFETY: CMSG_SPACE is a pure size computation.
+        unsafe { libc::CMSG_SPACE((MAX_RECV_FDS * size_of::<RawFd>()) as u32) } as usize <= 128
+    );
+    let mut cbuf = CmsgBuf {
+        _align: [],
+        bytes: [0; 128],
+    };
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: an all-zero msghdr is a valid empty header; the fields we need are set below.
+    let mut msg: libc::msghdr = unsafe { MaybeUninit::zeroed().assume_init() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.bytes.as_mut_ptr().cast();
+    msg.msg_controllen = cbuf.bytes.len() as _;
+    let flags = libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC;
+    let len = loop {
+        // SAFETY: msg points at a live iovec over `buf` and at `cbuf`, both sized as stated and
+        // alive for the call; the kernel writes at most those lengths.
+        let n = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, flags) };
+        if n >= 0 {
+            break n as usize;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    };
+    let mut fds = Vec::new();
+    // SAFETY: the CMSG_* macros walk the control buffer the kernel filled, bounded by
+    // msg_controllen (which the kernel set to what it wrote); every SCM_RIGHTS payload is an
+    // array of ints that the kernel installed as new descriptors for this process, which
+    // nothing else owns, so each becomes an OwnedFd exactly once. read_unaligned because
+    // CMSG_DATA need not be aligned for int.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(c);
+                let payload = (*c).cmsg_len as usize - (data as usize - c as usize);
+                for i in 0..payload / size_of::<RawFd>() {
+                    let raw = (data as *const RawFd).add(i).read_unaligned();
+                    fds.push(OwnedFd::from_raw_fd(raw));
+                }
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    Ok(Received {
+        len,
+        fds,
+        fds_truncated: msg.msg_flags & libc::MSG_CTRUNC != 0,
+        data_truncated: msg.msg_flags & libc::MSG_TRUNC != 0,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+    use std::os::unix::net::UnixStream;
+
+    #[test]
+    fn inherited_fd_must_be_a_seqpacket_socket() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        let e = own_inherited_seqpacket(a.as_raw_fd()).unwrap_err();
+        assert!(e.to_string().contains("SOCK_SEQPACKET"), "{e}");
+        assert!(own_inherited_seqpacket(-1).is_err());
+        assert!(own_inherited_seqpacket(987_654).is_err(), "closed number");
+        let _ = a.as_fd();
+    }
+}

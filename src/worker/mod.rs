@@ -1,0 +1,170 @@
+//! The worker process: its own `mio` loop, its side of the channel, and the connections it serves.
+//!
+//! A worker reads its channel, takes each socket the primary passes (or accepts on the listeners
+//! it was given, for `shared` and `reuseport`), acks what it took in one batch per loop turn
+//! *before* reading a byte from those sockets, and drives each connection through a [`Handler`].
+//!
+//! This file is the public face ([`Handler`], [`Connection`], [`Context`], [`Status`]); the
+//! runtime is in parts: [`runtime`] (the loop), `uplink` (the channel to the primary),
+//! `admission` (listeners and the connection limit), `table` (the connection slab) and
+//! `faults` (testing switches).
+
+mod admission;
+mod faults;
+mod runtime;
+mod table;
+mod uplink;
+
+use std::collections::VecDeque;
+use std::io;
+use std::time::Instant;
+
+use mio::net::TcpStream;
+
+use crate::event::WorkerId;
+use crate::ipc::{IpcError, Outgoing, ToPrimary};
+use crate::worker_env::{BadWorkerEnv, WorkerEnv};
+
+pub use faults::{ENV_FAULT_EXIT_AFTER, ENV_FAULT_FAIL_START};
+
+/// What a connection wants after an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Keep the connection; wait for the next readiness event.
+    Open,
+    /// Close the connection now.
+    Close,
+    /// Not done, but this connection has had its share of the turn: call
+    /// [`Connection::ready`] again on the next turn, without waiting for an event (the socket
+    /// is edge-triggered, so none may come).
+    Yield,
+}
+
+impl Context {
+    fn new(id: WorkerId, now: Instant) -> Context {
+        Context {
+            id,
+            requests: 0,
+            draining: false,
+            now,
+            outgoing: VecDeque::new(),
+        }
+    }
+}
+
+/// Per-worker state shared with handlers: counters, the channel to the primary, the clock.
+#[derive(Debug)]
+pub struct Context {
+    id: WorkerId,
+    requests: u64,
+    draining: bool,
+    now: Instant,
+    /// Messages for the primary, in order; the uplink sends them at the end of the turn.
+    outgoing: VecDeque<ToPrimary>,
+}
+
+impl Context {
+    /// This worker's id (1-based slot number; a respawned worker keeps its slot's id).
+    pub fn worker_id(&self) -> WorkerId {
+        self.id
+    }
+
+    /// Counts one served request (or unit of work) in the worker's statistics.
+    pub fn count_request(&mut self) {
+        self.requests += 1;
+    }
+
+    /// True once the worker is shutting down: finish the request in flight, then close.
+    pub fn draining(&self) -> bool {
+        self.draining
+    }
+
+    /// The time the current loop turn started.
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    /// Sends a message to the primary, where it arrives as a `message` event (Node's
+    /// `process.send`). Ordered and framed: one call, one event. A payload larger than
+    /// [`crate::ipc::MAX_MESSAGE`] is refused with [`IpcError::TooLarge`] and nothing is sent.
+    /// The message leaves at the end of the loop turn; if the channel is full it waits, in
+    /// order, in the worker's outbox.
+    pub fn send(&mut self, payload: impl Into<Vec<u8>>) -> Result<(), IpcError> {
+        let msg = ToPrimary::Message(payload.into());
+        msg.encode(&mut Vec::new())?; // refuse what cannot travel now, not at the end of the turn
+        self.outgoing.push_back(msg);
+        Ok(())
+    }
+}
+
+/// One connection's state, driven by readiness events from the worker's loop.
+///
+/// The socket is registered edge-triggered for both reading and writing, so [`Connection::ready`]
+/// must read and write until the OS says `WouldBlock` (or the connection is done).
+pub trait Connection {
+    /// The socket, so the loop can register and deregister it.
+    fn stream(&mut self) -> &mut TcpStream;
+
+    /// The socket became readable and/or writable: make progress. Also called once right after
+    /// [`Handler::connect`], and possibly spuriously: `WouldBlock` is a normal answer.
+    fn ready(&mut self, ctx: &mut Context) -> Status;
+
+    /// When this connection should be timed out, if ever (checked a few times a second).
+    fn deadline(&self) -> Option<Instant> {
+        None
+    }
+
+    /// The deadline passed: answer (for example `408`) or close.
+    fn timed_out(&mut self, _ctx: &mut Context) -> Status {
+        Status::Close
+    }
+
+    /// The worker is shutting down: close if idle, else finish the request in flight and close.
+    fn drain(&mut self, _ctx: &mut Context) -> Status {
+        Status::Close
+    }
+}
+
+/// What a worker runs: makes a [`Connection`] for every socket it is given.
+pub trait Handler {
+    /// The per-connection state.
+    type Conn: Connection;
+
+    /// A new connection arrived (already non-blocking; not yet registered).
+    fn connect(&mut self, stream: TcpStream, ctx: &mut Context) -> Self::Conn;
+
+    /// A message from the primary (`Control::send` there), in the order sent.
+    fn message(&mut self, _payload: Vec<u8>, _ctx: &mut Context) {}
+}
+
+/// Errors that end a worker.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The process was not started by a herd primary, or its environment is broken.
+    #[error("not a herd worker: {0}")]
+    NotAWorker(#[from] BadWorkerEnv),
+    /// The event loop or channel failed.
+    #[error("worker i/o: {0}")]
+    Io(#[from] io::Error),
+    /// The channel carried something unexpected.
+    #[error(transparent)]
+    Ipc(#[from] IpcError),
+}
+
+/// This process's worker id, if it was started by a herd primary (`cluster.worker.id`).
+pub fn worker_id() -> Option<WorkerId> {
+    WorkerEnv::get()?.as_ref().ok().map(|e| e.id)
+}
+
+/// Runs this process as a worker until it is told to stop (or its primary goes away).
+///
+/// Returns when the worker has drained; the caller exits the process.
+pub fn run<H: Handler>(handler: H) -> Result<(), WorkerError> {
+    let env = match WorkerEnv::get() {
+        None => return Err(BadWorkerEnv("HERD_WORKER_ID").into()),
+        Some(Err(e)) => return Err(e.clone().into()),
+        Some(Ok(env)) => env,
+    };
+    faults::fail_start_if_asked();
+    runtime::Runtime::new(env, handler)?.run()
+}

@@ -1,0 +1,336 @@
+//! The worker's loop: reads the channel, takes and serves connections, acks, drains.
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::time::{Duration, Instant};
+
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+use nix::sys::signal::Signal;
+
+use super::admission::{Accepted, Admission, ListenerIndex};
+use super::faults::Faults;
+use super::table::{ConnKey, Entry, Table};
+use super::uplink::{self, Inbound, Uplink, CHANNEL};
+use super::{Connection, Context, Handler, Status, WorkerError};
+use crate::ipc::{Channel, ConnId, Delivery, ToPrimary, ToWorker, WorkerStats};
+use crate::signals::Signals;
+use crate::worker_env::WorkerEnv;
+
+const SIGNALS: Token = Token(1);
+/// How often idle connections are checked against their deadlines.
+const SWEEP_EVERY: Duration = Duration::from_millis(250);
+
+/// A running worker.
+pub struct Runtime<H: Handler> {
+    poll: Poll,
+    signals: Signals,
+    uplink: Uplink,
+    handler: H,
+    ctx: Context,
+    table: Table<H::Conn>,
+    admission: Admission,
+    /// Taken in this turn, registered once their ack has left.
+    taken: Vec<TcpStream>,
+    /// Connections taken in total.
+    connections: u64,
+    faults: Faults,
+    next_sweep: Instant,
+}
+
+impl<H: Handler> Runtime<H> {
+    /// Sets up the loop around the inherited channel.
+    pub fn new(env: &WorkerEnv, handler: H) -> Result<Self, WorkerError> {
+        crate::sys::ignore_sigpipe();
+        let channel = Channel::from_inherited(env.channel_fd)?;
+        let signals = Signals::new(&[Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP])?;
+        let poll = Poll::new()?;
+        let uplink = Uplink::new(channel, poll.registry(), env.report_closes)?;
+        poll.registry().register(
+            &mut mio::unix::SourceFd(&signals.raw_fd()),
+            SIGNALS,
+            Interest::READABLE,
+        )?;
+        let now = Instant::now();
+        Ok(Runtime {
+            poll,
+            signals,
+            uplink,
+            handler,
+            ctx: Context::new(env.id, now),
+            table: Table::default(),
+            admission: Admission::new(env.max_connections),
+            taken: Vec::new(),
+            connections: 0,
+            faults: Faults::from_env(env.id),
+            next_sweep: now + SWEEP_EVERY,
+        })
+    }
+
+    /// Serves until told to stop (or the primary is gone) and every connection is finished.
+    pub fn run(mut self) -> Result<(), WorkerError> {
+        log::info!("worker {} started", std::process::id());
+        self.ctx.outgoing.push_back(ToPrimary::Online);
+        self.uplink.flush(self.poll.registry(), &mut self.ctx);
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = if self.table.has_yielded() {
+                Some(Duration::ZERO)
+            } else if self.table.is_empty() {
+                None
+            } else {
+                Some(SWEEP_EVERY)
+            };
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e.into());
+                }
+            }
+            self.ctx.now = Instant::now();
+            for ev in events.iter() {
+                self.on_event(ev.token(), ev.is_readable() || ev.is_read_closed());
+            }
+            for key in self.table.take_yielded() {
+                self.conn_ready(key);
+            }
+            self.finish_turn();
+            if self.ctx.draining && self.open() == 0 && !self.admission.holds_any() {
+                break;
+            }
+        }
+        let stats = self.stats();
+        self.ctx.outgoing.push_back(ToPrimary::Stats(stats));
+        self.uplink.flush(self.poll.registry(), &mut self.ctx);
+        log::debug!("worker {} drained, exiting", std::process::id());
+        Ok(())
+    }
+
+    fn on_event(&mut self, token: Token, readable: bool) {
+        if token == CHANNEL {
+            if readable {
+                self.read_channel();
+            }
+        } else if token == SIGNALS {
+            self.on_signals();
+        } else if let Some(i) = ListenerIndex::from_token(token) {
+            self.accept_all(i);
+        } else if let Some(key) = ConnKey::from_token(token) {
+            self.conn_ready(key);
+        }
+    }
+
+    /// Connections served now, counting those taken this turn.
+    fn open(&self) -> usize {
+        self.table.len() + self.taken.len()
+    }
+
+    fn stats(&self) -> WorkerStats {
+        WorkerStats {
+            connections: self.connections,
+            open: self.table.len() as u64,
+            requests: self.ctx.requests,
+        }
+    }
+
+    /// Acks what this turn took, registers it once the ack has left, reports, sweeps.
+    fn finish_turn(&mut self) {
+        if self.admission.holds_any() || self.admission.paused() {
+            self.refill();
+        }
+        let all_sent = self.uplink.flush(self.poll.registry(), &mut self.ctx);
+        if self.uplink.gone() {
+            self.start_drain();
+        }
+        if all_sent {
+            for stream in std::mem::take(&mut self.taken) {
+                self.add_conn(stream, true);
+            }
+        }
+        self.faults.exit_if_tripped(self.open() == 0);
+        if self.ctx.now >= self.next_sweep {
+            self.next_sweep = self.ctx.now + SWEEP_EVERY;
+            self.sweep();
+        }
+    }
+
+    fn read_channel(&mut self) {
+        loop {
+            match self.uplink.recv(self.poll.registry()) {
+                Inbound::Message(d) => self.on_message(d),
+                Inbound::Empty => return,
+                Inbound::Gone => {
+                    log::info!("worker {}: primary went away; draining", std::process::id());
+                    self.start_drain();
+                    return;
+                }
+            }
+        }
+    }
+
+    fn on_message(&mut self, d: Delivery<ToWorker>) {
+        match d.msg {
+            ToWorker::Conn { ids } => self.receive_all(ids, d.fds),
+            ToWorker::Listen => match d.fds.into_iter().next() {
+                Some(fd) if !self.ctx.draining => {
+                    if self.admission.add_listener(fd, self.poll.registry()) {
+                        self.ctx.outgoing.push_back(ToPrimary::Listening);
+                    }
+                }
+                Some(_) => {}
+                None => log::error!("listen message arrived without its socket"),
+            },
+            ToWorker::Disconnect => self.start_drain(),
+            ToWorker::StatsRequest => {
+                let s = self.stats();
+                self.ctx.outgoing.push_back(ToPrimary::Stats(s));
+            }
+            ToWorker::Message(payload) => self.handler.message(payload, &mut self.ctx),
+        }
+    }
+
+    /// Connections handed over in one packet. The kernel installs a packet's descriptors in
+    /// order and drops the rest when this process is out of them, so the ids past the sockets
+    /// that arrived are refused: the primary, which still holds them, hands them elsewhere.
+    fn receive_all(&mut self, ids: Vec<ConnId>, fds: Vec<OwnedFd>) {
+        if ids.len() > fds.len() {
+            log::error!(
+                "worker {}: {} of {} connections arrived without their sockets (out of file \
+                 descriptors?); returning them to the primary",
+                std::process::id(),
+                ids.len() - fds.len(),
+                ids.len()
+            );
+        }
+        let mut fds = fds.into_iter();
+        for id in ids {
+            match fds.next() {
+                Some(fd) => self.receive(id, fd),
+                None => self.uplink.refuse(id),
+            }
+        }
+    }
+
+    /// One connection handed over by the primary: serve it now, or hold it at capacity.
+    fn receive(&mut self, id: ConnId, fd: OwnedFd) {
+        let Some(fd) = self.faults.screen(fd) else {
+            return;
+        };
+        let stream = uplink::stream(fd);
+        if self.admission.full(self.open()) && !self.ctx.draining {
+            self.admission.hold(id, stream);
+        } else {
+            self.take(id, stream);
+        }
+    }
+
+    /// Takes a handed-over connection: ack it this turn, serve it once the ack has left.
+    fn take(&mut self, id: ConnId, stream: TcpStream) {
+        self.uplink.ack(id);
+        self.taken.push(stream);
+    }
+
+    /// Below the limit again: take held connections, resume accepting.
+    fn refill(&mut self) {
+        while let Some((id, stream)) = self.admission.unhold(self.open(), self.ctx.draining) {
+            self.take(id, stream);
+        }
+        if self.admission.should_resume(self.open()) {
+            for i in 0..self.admission.listener_count() {
+                self.accept_all(self.admission.listener(i));
+            }
+        }
+    }
+
+    fn accept_all(&mut self, index: ListenerIndex) {
+        while let Accepted::Conn(stream) = self.admission.accept(index, self.open()) {
+            self.add_conn(stream, false);
+        }
+    }
+
+    fn add_conn(&mut self, stream: TcpStream, handed: bool) {
+        self.connections += 1;
+        let conn = self.handler.connect(stream, &mut self.ctx);
+        let key = self.table.insert(Entry { conn, handed });
+        let Some(entry) = self.table.get_mut(key) else {
+            return;
+        };
+        if let Err(e) = self.poll.registry().register(
+            entry.conn.stream(),
+            key.token(),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            log::warn!("cannot register connection: {e}");
+            self.close(key);
+            return;
+        }
+        // The request is often already here (always, with TCP_DEFER_ACCEPT): serve it now
+        // rather than after another trip through epoll.
+        self.conn_ready(key);
+    }
+
+    fn conn_ready(&mut self, key: ConnKey) {
+        let Some(entry) = self.table.get_mut(key) else {
+            return;
+        };
+        let status = entry.conn.ready(&mut self.ctx);
+        self.apply(key, status);
+    }
+
+    /// Acts on what a connection said it wants.
+    fn apply(&mut self, key: ConnKey, status: Status) {
+        match status {
+            Status::Close => self.close(key),
+            Status::Yield => self.table.run_again(key),
+            Status::Open => {}
+        }
+    }
+
+    fn close(&mut self, key: ConnKey) {
+        if let Some(mut entry) = self.table.remove(key) {
+            let _ = self.poll.registry().deregister(entry.conn.stream());
+            if entry.handed {
+                // The primary may not have read our ack yet and still hold a copy: closing ours
+                // would then leave the FIN (and the teardown work) to it, later. Send it now.
+                let _ = entry.conn.stream().shutdown(std::net::Shutdown::Write);
+            }
+            self.uplink.closed();
+        }
+    }
+
+    fn sweep(&mut self) {
+        let now = self.ctx.now;
+        for key in self
+            .table
+            .keys_where(|e| e.conn.deadline().is_some_and(|d| d <= now))
+        {
+            if let Some(entry) = self.table.get_mut(key) {
+                let status = entry.conn.timed_out(&mut self.ctx);
+                self.apply(key, status);
+            }
+        }
+    }
+
+    fn on_signals(&mut self) {
+        for sig in self.signals.pending() {
+            match sig {
+                // A terminal's Ctrl-C reaches the whole process group; the primary coordinates.
+                Signal::SIGINT | Signal::SIGHUP => {}
+                _ => self.start_drain(),
+            }
+        }
+    }
+
+    fn start_drain(&mut self) {
+        if self.ctx.draining {
+            return;
+        }
+        self.ctx.draining = true;
+        self.admission.close_listeners(self.poll.registry());
+        for key in self.table.keys() {
+            if let Some(entry) = self.table.get_mut(key) {
+                let status = entry.conn.drain(&mut self.ctx);
+                self.apply(key, status);
+            }
+        }
+    }
+}
