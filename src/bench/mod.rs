@@ -290,8 +290,8 @@ fn measure(args: &BenchArgs, subject: &Subject) -> Result<PolicyResult, String> 
         Subject::Herd { exe, policy } => {
             let workers = args.worker_count();
             eprintln!("[{policy}] starting a cluster of {workers} workers");
-            let server =
-                cluster::start(exe, *policy, workers, &args.serve_arg, args.start_timeout)?;
+            let server = cluster::start(exe, *policy, workers, &args.serve_arg, args.start_timeout)
+                .map_err(|e| e.to_string())?;
             let cfg = args.load_config(server.addr, server.addr.to_string(), None);
             let (stats, used, client) = drive(&cfg, policy.name(), Some(&server))?;
             let pids = server.workers.clone();
