@@ -350,7 +350,8 @@ fn drive(
             Phase::MeasureStart => before = Some(now),
             Phase::MeasureEnd => after = Some(now),
         }
-    })?;
+    })
+    .map_err(|e| e.to_string())?;
     let (Some(b), Some(a)) = (before, after) else {
         return Err("the measured window was not sampled".into());
     };

@@ -11,7 +11,7 @@ use mio::{Events, Interest, Poll, Token};
 
 use super::costs::XorShift;
 use super::framing::{BadResponse, Parser, Response};
-use super::{LoadConfig, Progress, Stats, Timeline};
+use super::{LoadConfig, LoadError, Progress, Stats, Timeline};
 use crate::bench::Workload;
 
 /// How often each loop looks for timed-out requests and connections due for a retry.
@@ -97,8 +97,8 @@ pub(super) fn run_loop(
     seed: u64,
     tl: Timeline,
     progress: &Progress,
-) -> Result<Stats, String> {
-    let poll = Poll::new().map_err(|e| format!("cannot create an event loop: {e}"))?;
+) -> Result<Stats, LoadError> {
+    let poll = Poll::new().map_err(LoadError::CreateEventLoop)?;
     let now = Instant::now();
     let mut lp = Loop {
         cfg,
@@ -120,7 +120,7 @@ pub(super) fn run_loop(
 }
 
 impl Loop<'_> {
-    fn run(&mut self, tl: Timeline) -> Result<(), String> {
+    fn run(&mut self, tl: Timeline) -> Result<(), LoadError> {
         let mut events = Events::with_capacity(1024);
         let mut next_scan = Instant::now() + SCAN_EVERY;
         loop {
@@ -138,7 +138,7 @@ impl Loop<'_> {
             }
             if let Err(e) = self.poll.poll(&mut events, Some(wake - now)) {
                 if e.kind() != io::ErrorKind::Interrupted {
-                    return Err(format!("event loop: {e}"));
+                    return Err(LoadError::Poll(e));
                 }
             }
             for ev in events.iter() {

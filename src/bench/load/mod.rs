@@ -18,11 +18,12 @@ mod costs;
 mod framing;
 
 use std::collections::HashMap;
+use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use hdrhistogram::Histogram;
+use hdrhistogram::{AdditionError, CreationError, Histogram};
 
 use super::Workload;
 use client::run_loop;
@@ -31,6 +32,30 @@ pub use framing::{pid_of, BadResponse, Parser, Response};
 
 /// Largest latency the histograms hold (larger values are clamped to it).
 const MAX_LATENCY_US: u64 = 60_000_000;
+
+/// Why the load could not be generated (the failures of single requests are counted in
+/// [`Errors`] instead).
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// A latency histogram could not be created.
+    #[error("latency histogram: {0}")]
+    Histogram(#[from] CreationError),
+    /// The threads' latency histograms could not be added up.
+    #[error("merging histograms: {0}")]
+    Merge(#[from] AdditionError),
+    /// A load thread could not be started.
+    #[error("cannot start a load thread: {0}")]
+    Spawn(#[source] io::Error),
+    /// A load thread panicked.
+    #[error("a load thread panicked")]
+    Panicked,
+    /// A thread's event loop could not be created.
+    #[error("cannot create an event loop: {0}")]
+    CreateEventLoop(#[source] io::Error),
+    /// Waiting for events failed.
+    #[error("event loop: {0}")]
+    Poll(#[source] io::Error),
+}
 
 /// What to run, against which address.
 #[derive(Debug, Clone)]
@@ -116,9 +141,8 @@ pub struct Stats {
 }
 
 impl Stats {
-    fn new() -> Result<Stats, String> {
-        let latency = Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)
-            .map_err(|e| format!("latency histogram: {e}"))?;
+    fn new() -> Result<Stats, LoadError> {
+        let latency = Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)?;
         Ok(Stats {
             latency,
             requests: 0,
@@ -130,10 +154,8 @@ impl Stats {
         })
     }
 
-    fn merge(&mut self, o: Stats) -> Result<(), String> {
-        self.latency
-            .add(&o.latency)
-            .map_err(|e| format!("merging histograms: {e}"))?;
+    fn merge(&mut self, o: Stats) -> Result<(), LoadError> {
+        self.latency.add(&o.latency)?;
         self.requests += o.requests;
         self.errors.add(&o.errors);
         for (pid, n) in o.per_pid {
@@ -175,7 +197,7 @@ pub fn run(
     cfg: &LoadConfig,
     label: &str,
     on_phase: &mut dyn FnMut(Phase),
-) -> Result<Stats, String> {
+) -> Result<Stats, LoadError> {
     let threads = cfg.threads.clamp(1, cfg.connections.max(1));
     let start = Instant::now();
     let measure_start = start + cfg.warmup;
@@ -184,7 +206,7 @@ pub fn run(
         end: measure_start + cfg.duration,
     };
     let progress = Progress::default();
-    let results: Vec<Result<Stats, String>> = std::thread::scope(|s| {
+    let results: Vec<Result<Stats, LoadError>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
                 let n = cfg.connections / threads + usize::from(t < cfg.connections % threads);
@@ -199,10 +221,8 @@ pub fn run(
         handles
             .into_iter()
             .map(|h| match h {
-                Ok(h) => h
-                    .join()
-                    .unwrap_or_else(|_| Err("a load thread panicked".into())),
-                Err(e) => Err(format!("cannot start a load thread: {e}")),
+                Ok(h) => h.join().unwrap_or(Err(LoadError::Panicked)),
+                Err(e) => Err(LoadError::Spawn(e)),
             })
             .collect()
     });
