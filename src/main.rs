@@ -149,7 +149,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Some(Command::Serve(a)) => serve(a),
-        Some(Command::Bench(a)) => herd::bench::run(a),
+        Some(Command::Bench(a)) => herd::bench::run(a).map_err(|e| e.to_string()),
         None => serve(cli.serve),
     };
     match result {

@@ -2,10 +2,10 @@
 //! watched through `/proc`, stopped with `SIGTERM` and reaped.
 
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader};
+use std::io::{self, BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -22,6 +22,83 @@ use crate::Policy;
 const LOG_KEEP: usize = 200;
 /// The line a herd primary prints once every worker is online.
 const LISTENING: &str = "listening on http://";
+
+/// Why a cluster under test did not come up.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// `herd serve` could not be started at all.
+    #[error("cannot start {}: {source}", exe.display())]
+    Spawn {
+        /// The program started.
+        exe: PathBuf,
+        /// Why it could not be.
+        source: io::Error,
+    },
+    /// No `listening on` line came within the start timeout (the cluster was killed).
+    #[error(
+        "the {policy} cluster did not come up within {deadline:?} (no '{LISTENING}' line){}",
+        log_tail(.last_line)
+    )]
+    Timeout {
+        /// The cluster's policy.
+        policy: Policy,
+        /// How long it was given.
+        deadline: Duration,
+        /// The server's last error line (or last line), if it printed any.
+        last_line: Option<String>,
+    },
+    /// `herd serve` exited before it was listening.
+    #[error(
+        "the {policy} cluster did not come up: herd serve exited ({status}){}",
+        log_tail(.last_line)
+    )]
+    Exited {
+        /// The cluster's policy.
+        policy: Policy,
+        /// Its exit status, or why that could not be read.
+        status: String,
+        /// The server's last error line (or last line), if it printed any.
+        last_line: Option<String>,
+    },
+}
+
+/// Why a cluster under test did not stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum StopError {
+    /// `SIGTERM` could not be sent.
+    #[error("cannot stop herd ({pid}): {source}")]
+    Signal {
+        /// The primary's pid.
+        pid: u32,
+        /// Why `kill()` failed.
+        source: nix::Error,
+    },
+    /// The primary exited with a failure status.
+    #[error("herd serve exited badly ({status}){}", log_tail(.last_line))]
+    ExitedBadly {
+        /// Its exit status.
+        status: ExitStatus,
+        /// The server's last error line (or last line), if it printed any.
+        last_line: Option<String>,
+    },
+    /// The primary was still running after the stop limit (it was killed).
+    #[error("herd serve did not stop within {limit:?}; killed it")]
+    Timeout {
+        /// How long it was given.
+        limit: Duration,
+    },
+    /// Waiting for the primary failed.
+    #[error("cannot wait for herd serve: {0}")]
+    Wait(#[source] io::Error),
+}
+
+/// `: <line>` after an error message, or nothing.
+fn log_tail(last_line: &Option<String>) -> String {
+    last_line
+        .as_ref()
+        .map(|l| format!(": {l}"))
+        .unwrap_or_default()
+}
 
 /// A running herd primary and its workers.
 pub struct Server {
@@ -41,7 +118,7 @@ pub fn start(
     workers: u16,
     extra: &[String],
     deadline: Duration,
-) -> Result<Server, String> {
+) -> Result<Server, StartError> {
     let mut child = Command::new(exe)
         .args(["serve", "--host", "127.0.0.1", "--port", "0", "--policy"])
         .arg(policy.name())
@@ -59,7 +136,10 @@ pub fn start(
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
+        .map_err(|source| StartError::Spawn {
+            exe: exe.to_path_buf(),
+            source,
+        })?;
     let log = Arc::new(Mutex::new(VecDeque::new()));
     let (tx, rx) = mpsc::channel();
     if let Some(stderr) = child.stderr.take() {
@@ -107,7 +187,7 @@ impl Server {
         rx: &mpsc::Receiver<String>,
         policy: Policy,
         deadline: Duration,
-    ) -> Result<SocketAddr, String> {
+    ) -> Result<SocketAddr, StartError> {
         let until = Instant::now() + deadline;
         loop {
             let left = until.saturating_duration_since(Instant::now());
@@ -119,34 +199,33 @@ impl Server {
                 }
                 Err(RecvTimeoutError::Timeout) => {
                     self.kill();
-                    return Err(format!(
-                        "the {policy} cluster did not come up within {deadline:?} (no '{LISTENING}' line){}",
-                        self.last_error()
-                    ));
+                    return Err(StartError::Timeout {
+                        policy,
+                        deadline,
+                        last_line: self.last_line(),
+                    });
                 }
                 Err(RecvTimeoutError::Disconnected) => {
                     let status = self.child.wait().map(|s| s.to_string());
                     let status = status.unwrap_or_else(|e| e.to_string());
-                    return Err(format!(
-                        "the {policy} cluster did not come up: herd serve exited ({status}){}",
-                        self.last_error()
-                    ));
+                    return Err(StartError::Exited {
+                        policy,
+                        status,
+                        last_line: self.last_line(),
+                    });
                 }
             }
         }
     }
 
-    /// `: <the server's last error line>`, or nothing.
-    fn last_error(&self) -> String {
-        let Ok(log) = self.log.lock() else {
-            return String::new();
-        };
+    /// The server's last error line (or its last line), if it printed any.
+    fn last_line(&self) -> Option<String> {
+        let log = self.log.lock().ok()?;
         log.iter()
             .rev()
             .find(|l| l.contains("error") || l.contains("ERROR"))
             .or(log.back())
-            .map(|l| format!(": {}", l.trim()))
-            .unwrap_or_default()
+            .map(|l| l.trim().to_string())
     }
 
     /// Samples the CPU time and context switches of the primary and of its workers.
@@ -162,29 +241,28 @@ impl Server {
     }
 
     /// Stops the cluster gracefully (`SIGTERM`), waiting up to `limit` before killing it.
-    pub fn stop(mut self, limit: Duration) -> Result<(), String> {
-        let pid = Pid::from_raw(self.pid() as i32);
-        kill(pid, Signal::SIGTERM).map_err(|e| format!("cannot stop herd ({pid}): {e}"))?;
+    pub fn stop(mut self, limit: Duration) -> Result<(), StopError> {
+        let pid = self.pid();
+        kill(Pid::from_raw(pid as i32), Signal::SIGTERM)
+            .map_err(|source| StopError::Signal { pid, source })?;
         let until = Instant::now() + limit;
         loop {
             match self.child.try_wait() {
                 Ok(Some(status)) if status.success() => return Ok(()),
                 Ok(Some(status)) => {
-                    return Err(format!(
-                        "herd serve exited badly ({status}){}",
-                        self.last_error()
-                    ))
+                    return Err(StopError::ExitedBadly {
+                        status,
+                        last_line: self.last_line(),
+                    })
                 }
                 Ok(None) if Instant::now() < until => {
                     std::thread::sleep(Duration::from_millis(20)); // bounded by `until`
                 }
                 Ok(None) => {
                     self.kill();
-                    return Err(format!(
-                        "herd serve did not stop within {limit:?}; killed it"
-                    ));
+                    return Err(StopError::Timeout { limit });
                 }
-                Err(e) => return Err(format!("cannot wait for herd serve: {e}")),
+                Err(e) => return Err(StopError::Wait(e)),
             }
         }
     }
@@ -290,5 +368,35 @@ mod tests {
         let me = ProcUsage::read(std::process::id()).expect("/proc/self/stat");
         assert!(me.switches > 0);
         assert_eq!(me.since(me), ProcUsage::default());
+    }
+
+    #[test]
+    fn errors_are_one_line_and_end_with_the_servers_last_words() {
+        let e = StartError::Exited {
+            policy: Policy::RoundRobin,
+            status: "exit status: 1".into(),
+            last_line: Some("ERROR herd: bad window".into()),
+        };
+        assert_eq!(
+            e.to_string(),
+            "the round-robin cluster did not come up: herd serve exited (exit status: 1): \
+             ERROR herd: bad window"
+        );
+        let e = StartError::Timeout {
+            policy: Policy::Shared,
+            deadline: Duration::from_secs(15),
+            last_line: None,
+        };
+        assert_eq!(
+            e.to_string(),
+            "the shared cluster did not come up within 15s (no 'listening on http://' line)"
+        );
+        let e = StopError::Timeout {
+            limit: Duration::from_secs(10),
+        };
+        assert_eq!(
+            e.to_string(),
+            "herd serve did not stop within 10s; killed it"
+        );
     }
 }

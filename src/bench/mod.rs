@@ -8,6 +8,7 @@
 //! With `--target` it measures an already running server instead (Node, nginx...).
 
 pub mod cluster;
+mod error;
 pub mod load;
 pub mod report;
 pub mod svg;
@@ -20,6 +21,7 @@ use clap::{value_parser, Args, ValueEnum};
 
 use crate::Policy;
 use cluster::{ProcUsage, Sample, Server};
+pub use error::{BenchError, TargetError};
 use load::{LoadConfig, Phase, Stats};
 use report::{Meta, PolicyResult};
 
@@ -144,10 +146,14 @@ struct Target {
     label: String,
 }
 
-fn parse_target(url: &str, label: Option<&str>) -> Result<Target, String> {
+fn parse_target(url: &str, label: Option<&str>) -> Result<Target, BenchError> {
+    let bad = |reason| BenchError::BadTarget {
+        url: url.to_string(),
+        reason,
+    };
     let rest = url
         .strip_prefix("http://")
-        .ok_or_else(|| format!("--target '{url}': only http:// URLs are supported"))?;
+        .ok_or_else(|| bad(TargetError::NotHttp))?;
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], Some(rest[i..].to_string())),
         None => (rest, None),
@@ -159,9 +165,9 @@ fn parse_target(url: &str, label: Option<&str>) -> Result<Target, String> {
     };
     let addr = with_port
         .to_socket_addrs()
-        .map_err(|e| format!("--target '{url}': {e}"))?
+        .map_err(|e| bad(TargetError::Resolve(e)))?
         .next()
-        .ok_or_else(|| format!("--target '{url}': no address"))?;
+        .ok_or_else(|| bad(TargetError::NoAddress))?;
     Ok(Target {
         addr,
         authority: authority.to_string(),
@@ -178,15 +184,16 @@ impl BenchArgs {
         })
     }
 
-    fn check(&self) -> Result<(), String> {
+    fn check(&self) -> Result<(), BenchError> {
+        let bad = |message: String| Err(BenchError::BadArgument(message));
         if self.duration.is_zero() {
-            return Err("--duration must be more than 0".into());
+            return bad("--duration must be more than 0".into());
         }
         if !self.path.starts_with('/') {
-            return Err(format!("--path '{}' must start with '/'", self.path));
+            return bad(format!("--path '{}' must start with '/'", self.path));
         }
         if self.policies.is_empty() {
-            return Err("--policies: name at least one policy".into());
+            return bad("--policies: name at least one policy".into());
         }
         Ok(())
     }
@@ -225,9 +232,9 @@ impl BenchArgs {
 }
 
 /// Runs `herd bench`: every policy (or the target) `--repeat` times, then the report.
-pub fn run(args: BenchArgs) -> Result<(), String> {
+pub fn run(args: BenchArgs) -> Result<(), BenchError> {
     args.check()?;
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find own executable: {e}"))?;
+    let exe = std::env::current_exe().map_err(BenchError::OwnExecutable)?;
     let target = match &args.target {
         Some(url) => Some(parse_target(url, args.label.as_deref())?),
         None => None,
@@ -266,8 +273,11 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
     Ok(())
 }
 
-fn write_file(path: &Path, contents: &str) -> Result<(), String> {
-    std::fs::write(path, contents).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+fn write_file(path: &Path, contents: &str) -> Result<(), BenchError> {
+    std::fs::write(path, contents).map_err(|source| BenchError::WriteFile {
+        path: path.to_path_buf(),
+        source,
+    })?;
     eprintln!("wrote {}", path.display());
     Ok(())
 }
@@ -285,7 +295,7 @@ fn median(mut runs: Vec<PolicyResult>) -> Option<PolicyResult> {
 }
 
 /// One measured run against one subject.
-fn measure(args: &BenchArgs, subject: &Subject) -> Result<PolicyResult, String> {
+fn measure(args: &BenchArgs, subject: &Subject) -> Result<PolicyResult, BenchError> {
     match subject {
         Subject::Herd { exe, policy } => {
             let workers = args.worker_count();
@@ -341,7 +351,7 @@ fn drive(
     cfg: &LoadConfig,
     label: &str,
     server: Option<&Server>,
-) -> Result<(Stats, Option<Sample>, ProcUsage), String> {
+) -> Result<(Stats, Option<Sample>, ProcUsage), BenchError> {
     let mut before = None;
     let mut after = None;
     let stats = load::run(cfg, label, &mut |phase| {
@@ -352,7 +362,7 @@ fn drive(
         }
     })?;
     let (Some(b), Some(a)) = (before, after) else {
-        return Err("the measured window was not sampled".into());
+        return Err(BenchError::NotSampled);
     };
     let used = match (a.0, b.0) {
         (Some(a), Some(b)) => Some(a.since(b)),
@@ -379,6 +389,52 @@ mod tests {
             (Some("/hello"), "nginx")
         );
         assert!(parse_target("https://127.0.0.1:1", None).is_err());
+    }
+
+    /// `herd bench ARGV...` as clap parses it.
+    fn args(argv: &[&str]) -> BenchArgs {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            bench: BenchArgs,
+        }
+        let argv = std::iter::once("bench").chain(argv.iter().copied());
+        <Cli as clap::Parser>::try_parse_from(argv).unwrap().bench
+    }
+
+    #[test]
+    fn errors_are_one_line_and_name_what_failed() {
+        let e = args(&["--duration", "0s"]).check().unwrap_err();
+        assert_eq!(e.to_string(), "--duration must be more than 0");
+        let e = args(&["--path", "x"]).check().unwrap_err();
+        assert_eq!(e.to_string(), "--path 'x' must start with '/'");
+        assert!(args(&[]).check().is_ok());
+
+        let e = parse_target("https://127.0.0.1:1", None).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--target 'https://127.0.0.1:1': only http:// URLs are supported"
+        );
+        let e = parse_target("http://127.0.0.1:port", None).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--target 'http://127.0.0.1:port': invalid port value"
+        );
+        assert!(matches!(
+            e,
+            BenchError::BadTarget {
+                reason: TargetError::Resolve(_),
+                ..
+            }
+        ));
+
+        let dir = std::env::temp_dir().join(format!("herd-bench-none-{}", std::process::id()));
+        let path = dir.join("out.json");
+        let e = write_file(&path, "{}").unwrap_err();
+        let start = format!("cannot write {}: ", path.display());
+        assert!(e.to_string().starts_with(&start), "{e}");
+        assert!(!e.to_string().contains('\n'), "{e}");
+        assert!(std::error::Error::source(&e).is_some(), "{e:?}");
     }
 
     #[test]
