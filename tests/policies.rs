@@ -149,5 +149,5 @@ fn least_connections_avoids_the_busy_worker_until_it_frees_up() {
     });
     let (p, _c) = open_idle(&server);
     assert_eq!(p, a, "A is chosen again once free");
-    assert!(workers.contains(&(a as i32)));
+    assert!(workers.contains(&a));
 }

@@ -32,7 +32,7 @@ fn a_killed_worker_is_respawned_and_only_its_own_requests_fail() {
     wait_for("traffic to flow", DEADLINE, || {
         (cpu_ticks(before[0]) > 2).then_some(())
     });
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(before[0]), Signal::SIGKILL).unwrap();
+    send_signal(before[0], Signal::SIGKILL).unwrap();
     let replacement = wait_for("a replacement worker", DEADLINE, || {
         let now = server.workers();
         (now.len() == 2 && !now.contains(&before[0])).then_some(now)
@@ -50,10 +50,7 @@ fn a_killed_worker_is_respawned_and_only_its_own_requests_fail() {
         "only requests the dead worker had accepted may fail (at most one per client): {:?}",
         r.errors
     );
-    assert!(
-        r.by_pid.contains_key(&(new_pid as u32)),
-        "the replacement served"
-    );
+    assert!(r.by_pid.contains_key(&new_pid), "the replacement served");
 }
 
 /// Reloads a 2-worker cluster under load from `keepalive` keep-alive clients and `close`
@@ -85,7 +82,7 @@ fn reload_under_load(policy: &str, keepalive: usize, close: usize) {
     stop.store(true, Ordering::Relaxed);
     let r = merge(clients);
     assert_eq!(r.failed, 0, "{policy}: no failed request: {:?}", r.errors);
-    let served = |pids: &[i32]| pids.iter().all(|p| r.by_pid.contains_key(&(*p as u32)));
+    let served = |pids: &[u32]| pids.iter().all(|p| r.by_pid.contains_key(p));
     assert!(served(&before), "{policy}: old pids served");
     assert!(served(&after), "{policy}: new pids served");
 }
@@ -97,7 +94,7 @@ fn sighup_replaces_every_worker_without_a_failed_request() {
 
 /// Sends a one-second `/work` request to the only worker and returns once the worker is busy
 /// with it (its CPU time has started to climb). Returns the worker's pid and the connection.
-fn start_slow_request(server: &mut Server) -> (i32, std::net::TcpStream) {
+fn start_slow_request(server: &mut Server) -> (u32, std::net::TcpStream) {
     let worker = server.workers()[0];
     let mut s = connect(server.addr());
     s.write_all(b"GET /work?us=1000000 HTTP/1.1\r\nHost: t\r\n\r\n")

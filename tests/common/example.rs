@@ -5,7 +5,9 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::{alive, children, collect_lines, wait_for, DEADLINE};
+use nix::sys::signal::Signal;
+
+use super::{alive, children, collect_lines, send_signal, wait_for, DEADLINE};
 
 /// The newest modification time of the sources cargo built `bin` from (its `.d` dep-info file).
 fn newest_source(bin: &std::path::Path) -> Option<std::time::SystemTime> {
@@ -67,7 +69,7 @@ pub fn run_example(name: &str, args: &[&str], limit: Duration) -> Finished {
     );
     collect_lines(child.stdout.take().expect("stdout"), out.clone());
     collect_lines(child.stderr.take().expect("stderr"), err.clone());
-    let pid = child.id() as i32;
+    let pid = child.id();
     let mut workers = Vec::new();
     let start = Instant::now();
     let status = loop {
@@ -79,10 +81,7 @@ pub fn run_example(name: &str, args: &[&str], limit: Duration) -> Finished {
             let _ = child.kill();
             let _ = child.wait();
             for w in workers {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(w),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
+                let _ = send_signal(w, Signal::SIGKILL);
             }
             panic!(
                 "{name} did not finish within {limit:?}:\n{}\n{}",

@@ -6,7 +6,9 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::{children, example_bin, wait_for, DEADLINE};
+use nix::sys::signal::Signal;
+
+use super::{children, example_bin, send_signal, wait_for, DEADLINE};
 
 /// A running herd primary with its stderr captured.
 pub struct Server {
@@ -15,7 +17,7 @@ pub struct Server {
     pub log: Arc<Mutex<Vec<String>>>,
     /// Set once the captured output reached end of file (every writer closed it).
     pub log_done: Arc<std::sync::atomic::AtomicBool>,
-    seen_pids: Vec<i32>,
+    seen_pids: Vec<u32>,
 }
 
 /// The herd binary under test.
@@ -96,8 +98,8 @@ impl Server {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 
-    pub fn pid(&self) -> i32 {
-        self.child.id() as i32
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn log_text(&self) -> String {
@@ -130,7 +132,7 @@ impl Server {
     }
 
     /// The live worker processes (children of the primary).
-    pub fn workers(&mut self) -> Vec<i32> {
+    pub fn workers(&mut self) -> Vec<u32> {
         let w = children(self.pid());
         self.seen_pids.extend(w.iter().copied());
         self.seen_pids.sort();
@@ -139,13 +141,12 @@ impl Server {
     }
 
     /// Records the current workers so that Drop can clean them up.
-    pub fn remember_workers(&mut self) -> Vec<i32> {
+    pub fn remember_workers(&mut self) -> Vec<u32> {
         self.workers()
     }
 
-    pub fn signal(&self, sig: nix::sys::signal::Signal) {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig)
-            .expect("signal primary");
+    pub fn signal(&self, sig: Signal) {
+        send_signal(self.pid(), sig).expect("signal primary");
     }
 
     /// Waits for the primary to exit and returns its status.
@@ -191,10 +192,7 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
         for p in pids {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(p),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+            let _ = send_signal(p, Signal::SIGKILL);
         }
     }
 }
