@@ -14,7 +14,9 @@ use nix::sys::signal::Signal;
 #[test]
 fn connections_a_worker_never_acked_are_served_by_another() {
     // Worker 1 stops acking at its 5th connection and dies once its acked ones are done.
-    let server = Server::start_env(&["--workers", "2"], &[("HERD_FAULT_EXIT_AFTER", "1:5")]);
+    let server = Launch::herd(&["--workers", "2"])
+        .env("HERD_FAULT_EXIT_AFTER", "1:5")
+        .start();
     let r = load(server.addr(), 4, 25, false);
     assert_eq!(r.failed, 0, "every connection answered: {:?}", r.errors);
     assert_eq!(r.ok, 100);
@@ -121,7 +123,9 @@ fn sigterm_lets_a_slow_request_finish_then_exits() {
 #[test]
 fn a_worker_that_always_fails_at_start_is_backed_off() {
     let start = Instant::now();
-    let mut server = Server::launch(&["--workers", "1"], &[("HERD_FAULT_FAIL_START", "1")]);
+    let mut server = Launch::herd(&["--workers", "1"])
+        .env("HERD_FAULT_FAIL_START", "1")
+        .spawn();
     server.wait_log("crash-looping", DEADLINE);
     // Backoff 100, 150, 225, 338 ms before the fifth death: at least ~0.8 s, never a spin.
     assert!(
@@ -279,19 +283,18 @@ fn a_worker_at_its_limit_leaves_connections_in_the_kernel_queue() {
 fn running_out_of_descriptors_pauses_accepting_without_spinning() {
     // A primary with 24 descriptors: a few for itself, the rest fill up with clients waiting
     // for a worker that serves one connection at a time.
-    let server = Server::start_with_nofile(
-        24,
-        &[
-            "--workers",
-            "1",
-            "--max-connections",
-            "1",
-            "--handoff-window",
-            "1",
-            "--keepalive-timeout",
-            "60s",
-        ],
-    );
+    let server = Launch::herd(&[
+        "--workers",
+        "1",
+        "--max-connections",
+        "1",
+        "--handoff-window",
+        "1",
+        "--keepalive-timeout",
+        "60s",
+    ])
+    .nofile(24)
+    .start();
     let busy = occupy(&server);
     let waiting = load_until(
         server.addr(),

@@ -1,13 +1,11 @@
 //! The library's example programs (tests/api_*.rs): where cargo built them, and running one to
 //! completion.
 
-use std::process::{Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::ExitStatus;
+use std::sync::Arc;
+use std::time::Duration;
 
-use nix::sys::signal::Signal;
-
-use super::{alive, children, collect_lines, send_signal, wait_for, DEADLINE};
+use super::{alive, poll, wait_for, Launch, Log, Stdout, DEADLINE};
 
 /// The newest modification time of the sources cargo built `bin` from (its `.d` dep-info file).
 fn newest_source(bin: &std::path::Path) -> Option<std::time::SystemTime> {
@@ -56,54 +54,32 @@ pub struct Finished {
 
 /// Runs example `name` to completion within `limit` (killing it and its workers otherwise).
 pub fn run_example(name: &str, args: &[&str], limit: Duration) -> Finished {
-    let mut child = Command::new(example_bin(name))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the example");
-    let (out, err) = (
-        Arc::new(Mutex::new(Vec::new())),
-        Arc::new(Mutex::new(Vec::new())),
-    );
-    collect_lines(child.stdout.take().expect("stdout"), out.clone());
-    collect_lines(child.stderr.take().expect("stderr"), err.clone());
-    let pid = child.id();
-    let mut workers = Vec::new();
-    let start = Instant::now();
-    let status = loop {
-        workers.extend(children(pid));
-        if let Ok(Some(status)) = child.try_wait() {
-            break status;
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            for w in workers {
-                let _ = send_signal(w, Signal::SIGKILL);
-            }
-            panic!(
-                "{name} did not finish within {limit:?}:\n{}\n{}",
-                out.lock().unwrap().join("\n"),
-                err.lock().unwrap().join("\n")
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20)); // poll interval of a deadline-bounded wait
-    };
+    let out = Arc::new(Log::default());
+    let mut run = Launch::example(name, args)
+        .stdout(Stdout::Apart(out.clone()))
+        .spawn();
+    let status = poll(limit, || {
+        run.remember_workers();
+        run.child.try_wait().ok().flatten()
+    })
+    .unwrap_or_else(|| {
+        // Dropping `run` as this unwinds kills the example and its workers.
+        panic!(
+            "{name} did not finish within {limit:?}:\n{}\n{}",
+            out.text(),
+            run.log_text()
+        )
+    });
     // The pipes close when the last writer (a worker, maybe) exits: wait for the readers.
     wait_for("the example's workers to exit", DEADLINE, || {
-        workers.iter().all(|&w| !alive(w)).then_some(())
+        run.seen_workers().iter().all(|&w| !alive(w)).then_some(())
     });
-    let stdout = wait_for("the example's output", DEADLINE, || {
-        (Arc::strong_count(&out) == 1).then(|| out.lock().unwrap().clone())
-    });
-    let stderr = wait_for("the example's errors", DEADLINE, || {
-        (Arc::strong_count(&err) == 1).then(|| err.lock().unwrap().clone())
+    wait_for("the example's output", DEADLINE, || {
+        (out.closed() && run.log.closed()).then_some(())
     });
     Finished {
         status,
-        stdout,
-        stderr,
+        stdout: out.lines(),
+        stderr: run.log.lines(),
     }
 }

@@ -1,5 +1,7 @@
-//! Shared helpers for the integration tests: start a real `herd`, talk HTTP over real sockets,
-//! inspect processes through `/proc`. Every wait polls a condition with a deadline.
+//! Shared helpers for the integration tests: start a real `herd` ([`server`]) or an example
+//! ([`example`]), talk HTTP over real sockets ([`http`]), put concurrent load on it ([`load`]),
+//! and inspect processes through the crate's own `herd::procfs`. Every wait polls a condition
+//! with a deadline ([`wait_for`]).
 #![allow(dead_code)]
 
 mod example;
@@ -17,26 +19,31 @@ pub use {
     server::*,
 };
 
+use std::time::{Duration, Instant};
+
 use herd::procfs::Stat;
 use nix::sys::signal::Signal;
-
-use std::time::{Duration, Instant};
 
 /// How long any single wait in the tests may take before it fails.
 pub const DEADLINE: Duration = Duration::from_secs(15);
 
 /// Polls `f` until it returns `Some`, or panics with `what` after `limit`.
-pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+pub fn wait_for<T>(what: &str, limit: Duration, f: impl FnMut() -> Option<T>) -> T {
+    poll(limit, f).unwrap_or_else(|| panic!("timed out after {limit:?} waiting for {what}"))
+}
+
+/// Polls `f` until it returns `Some`, or gives up (`None`) after `limit`: for a wait whose
+/// timeout is not a failure, or that fails with more to say than [`wait_for`] does.
+pub fn poll<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let start = Instant::now();
     let mut pause = Duration::from_millis(5);
     loop {
         if let Some(v) = f() {
-            return v;
+            return Some(v);
         }
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
+        if start.elapsed() >= limit {
+            return None;
+        }
         std::thread::sleep(pause); // poll interval of a deadline-bounded wait
         pause = (pause * 2).min(Duration::from_millis(100));
     }

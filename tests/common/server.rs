@@ -1,97 +1,248 @@
-//! Starting a real `herd` (or an example built on the library) and reading its log.
+//! Starting a real `herd` (or an example built on the library) and reading its log. Every
+//! process starts through [`Launch`], and every wait for a primary to come up is
+//! [`Server::wait_listening`].
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use herd::bench::cluster::parse_listening;
 use nix::sys::signal::Signal;
 
-use super::{children, example_bin, send_signal, wait_for, DEADLINE};
-
-/// A running herd primary with its stderr captured.
-pub struct Server {
-    pub child: Child,
-    pub port: u16,
-    pub log: Arc<Mutex<Vec<String>>>,
-    /// Set once the captured output reached end of file (every writer closed it).
-    pub log_done: Arc<std::sync::atomic::AtomicBool>,
-    seen_pids: Vec<u32>,
-}
+use super::{children, example_bin, poll, send_signal, wait_for, DEADLINE};
 
 /// The herd binary under test.
 pub fn herd_bin() -> &'static str {
     env!("CARGO_BIN_EXE_herd")
 }
 
-impl Server {
-    /// Starts `herd serve` on 127.0.0.1 with an ephemeral port and waits for "listening on".
-    pub fn start(args: &[&str]) -> Server {
-        Server::start_env(args, &[])
-    }
+/// True when a fresh listener can bind the port (nothing holds it any more).
+pub fn port_free(port: u16) -> bool {
+    TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
 
-    /// Like [`Server::start`] with extra environment variables.
-    pub fn start_env(args: &[&str], env: &[(&str, &str)]) -> Server {
-        let mut server = Server::launch(args, env);
-        let port = wait_for("the listening line", DEADLINE, || {
-            if let Ok(Some(status)) = server.child.try_wait() {
-                panic!("herd exited early ({status}):\n{}", server.log_text());
+/// The lines a process wrote to the pipes read into this log, and how many of those pipes are
+/// still open (a pipe stays open while any writer, the primary or a worker, holds it).
+#[derive(Default)]
+pub struct Log {
+    lines: Mutex<Vec<String>>,
+    open: AtomicUsize,
+}
+
+impl Log {
+    /// Reads the lines of `r` into the log on a thread of its own, until end of file.
+    /// With `HERD_TEST_ECHO` set, each line is echoed to the test's stderr too.
+    pub fn collect(self: &Arc<Self>, r: impl Read + Send + 'static) {
+        self.open.fetch_add(1, Ordering::SeqCst);
+        let log = self.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(r).lines() {
+                let Ok(line) = line else { break };
+                if std::env::var_os("HERD_TEST_ECHO").is_some() {
+                    eprintln!("{line}");
+                }
+                log.lines.lock().unwrap().push(line);
             }
-            server.find_log("listening on http://").and_then(|l| {
-                l.rsplit(':')
-                    .next()
-                    .and_then(|p| p.trim().parse::<u16>().ok())
-            })
+            log.open.fetch_sub(1, Ordering::SeqCst);
         });
-        server.port = port;
-        server.remember_workers();
-        server
     }
 
-    /// Starts `herd serve` without waiting for it to come up.
-    pub fn launch(args: &[&str], env: &[(&str, &str)]) -> Server {
-        Server::launch_with(Command::new(herd_bin()), args, env)
+    /// True once every pipe read into the log reached end of file.
+    pub fn closed(&self) -> bool {
+        self.open.load(Ordering::SeqCst) == 0
     }
 
-    /// Starts `herd serve` with an open-file limit of `nofile` (through the shell's `ulimit`,
-    /// which then execs herd, so the pid is herd's) and waits for it to come up.
-    pub fn start_with_nofile(nofile: u32, args: &[&str]) -> Server {
-        let mut cmd = Command::new("sh");
-        cmd.arg("-c")
-            .arg(format!("ulimit -n {nofile} && exec \"$0\" \"$@\""))
-            .arg(herd_bin());
-        let mut server = Server::launch_with(cmd, args, &[]);
-        server.port = wait_for("the listening line", DEADLINE, || {
-            server
-                .find_log("listening on http://")
-                .and_then(|l| l.rsplit(':').next()?.trim().parse().ok())
-        });
-        server.remember_workers();
-        server
+    /// Every line so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
     }
 
-    fn launch_with(mut cmd: Command, args: &[&str], env: &[(&str, &str)]) -> Server {
-        cmd.args(["serve", "--host", "127.0.0.1", "--port", "0"])
+    /// Every line so far, one per line.
+    pub fn text(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    /// The lines that contain `needle`.
+    pub fn matching(&self, needle: &str) -> Vec<String> {
+        let lines = self.lines.lock().unwrap();
+        lines
+            .iter()
+            .filter(|l| l.contains(needle))
+            .cloned()
+            .collect()
+    }
+}
+
+/// Where a launched process's stdout goes (its stderr always goes to the server's log).
+pub enum Stdout {
+    /// Nowhere (`herd serve` logs to stderr only).
+    Null,
+    /// Into the server's log, with stderr.
+    Log,
+    /// Into a log of its own: what a program printed, apart from what it logged.
+    Apart(Arc<Log>),
+}
+
+/// What to start and how: a program with its arguments and environment, an optional open-file
+/// limit, and where its stdout goes. [`Launch::spawn`] is the one place a process starts.
+pub struct Launch {
+    /// How the process is called in failure messages ("herd", or the example's name).
+    name: String,
+    program: PathBuf,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    nofile: Option<u32>,
+    stdout: Stdout,
+}
+
+impl Launch {
+    /// `herd serve` on 127.0.0.1 with an ephemeral port and `args`, logging at info level.
+    pub fn herd(args: &[&str]) -> Launch {
+        let serve = ["serve", "--host", "127.0.0.1", "--port", "0"];
+        Launch::new("herd", herd_bin().into(), &serve)
             .args(args)
             .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (k, v) in env {
-            cmd.env(k, v);
+    }
+
+    /// Example `name` with `args`, its stdout and stderr both in the log. One that serves must
+    /// take the port as an argument: pass "0".
+    pub fn example(name: &str, args: &[&str]) -> Launch {
+        let mut launch = Launch::new(name, example_bin(name), args);
+        launch.stdout = Stdout::Log;
+        launch
+    }
+
+    fn new(name: &str, program: PathBuf, args: &[&str]) -> Launch {
+        Launch {
+            name: name.to_string(),
+            program,
+            args: Vec::new(),
+            env: Vec::new(),
+            nofile: None,
+            stdout: Stdout::Null,
         }
-        let mut child = cmd.spawn().expect("start herd");
-        let stderr = child.stderr.take().expect("stderr");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let log_done = collect_lines(stderr, log.clone());
+        .args(args)
+    }
+
+    /// More arguments.
+    pub fn args(mut self, args: &[&str]) -> Launch {
+        self.args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
+    /// An environment variable (a later one with the same key wins).
+    pub fn env(mut self, key: &str, value: &str) -> Launch {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// Runs under an open-file limit of `nofile`, set by the shell's `ulimit`, which then execs
+    /// the program (so the pid is the program's).
+    pub fn nofile(mut self, nofile: u32) -> Launch {
+        self.nofile = Some(nofile);
+        self
+    }
+
+    /// Where stdout goes (see [`Stdout`]).
+    pub fn stdout(mut self, to: Stdout) -> Launch {
+        self.stdout = to;
+        self
+    }
+
+    /// Starts the process and returns at once.
+    pub fn spawn(self) -> Server {
+        let mut cmd = match self.nofile {
+            None => Command::new(&self.program),
+            Some(n) => {
+                let mut sh = Command::new("sh");
+                sh.arg("-c")
+                    .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                    .arg(&self.program);
+                sh
+            }
+        };
+        let stdout = match self.stdout {
+            Stdout::Null => Stdio::null(),
+            Stdout::Log | Stdout::Apart(_) => Stdio::piped(),
+        };
+        let mut child = cmd
+            .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", self.name));
+        let log = Arc::new(Log::default());
+        log.collect(child.stderr.take().expect("stderr"));
+        match self.stdout {
+            Stdout::Null => {}
+            Stdout::Log => log.collect(child.stdout.take().expect("stdout")),
+            Stdout::Apart(out) => out.collect(child.stdout.take().expect("stdout")),
+        }
         Server {
             child,
             port: 0,
             log,
-            log_done,
+            name: self.name,
             seen_pids: Vec::new(),
         }
+    }
+
+    /// Starts the process and waits for its primary to listen ([`Server::wait_listening`]).
+    pub fn start(self) -> Server {
+        let mut server = self.spawn();
+        server.wait_listening();
+        server
+    }
+}
+
+/// A running herd primary (or example) with its output captured. Dropping it kills the primary
+/// and every worker it was seen with.
+pub struct Server {
+    pub child: Child,
+    /// The port it listens on (0 until [`Server::wait_listening`]).
+    pub port: u16,
+    pub log: Arc<Log>,
+    name: String,
+    seen_pids: Vec<u32>,
+}
+
+impl Server {
+    /// Starts `herd serve` on 127.0.0.1 with an ephemeral port and waits for it to listen.
+    pub fn start(args: &[&str]) -> Server {
+        Launch::herd(args).start()
+    }
+
+    /// Starts example `name` (see [`Launch::example`]), logging at info level, and waits for its
+    /// primary to listen.
+    pub fn start_example(name: &str, args: &[&str]) -> Server {
+        Launch::example(name, args).env("RUST_LOG", "info").start()
+    }
+
+    /// Waits for the primary's `listening on` line and takes its port; fails at once, with the
+    /// log, when the process exits first. Then records the workers for Drop to clean up.
+    pub fn wait_listening(&mut self) {
+        let what = format!("{}'s listening line", self.name);
+        self.port = wait_for(&what, DEADLINE, || {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "{} exited early ({status}):\n{}",
+                    self.name,
+                    self.log.text()
+                );
+            }
+            let lines = self.log.lines();
+            lines
+                .iter()
+                .find_map(|l| parse_listening(l))
+                .map(|a| a.port())
+        });
+        self.remember_workers();
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -103,25 +254,21 @@ impl Server {
     }
 
     pub fn log_text(&self) -> String {
-        self.log.lock().unwrap().join("\n")
+        self.log.text()
     }
 
+    /// The log lines that contain `needle`.
+    pub fn log_lines(&self, needle: &str) -> Vec<String> {
+        self.log.matching(needle)
+    }
+
+    /// The first log line that contains `needle`.
     pub fn find_log(&self, needle: &str) -> Option<String> {
-        self.log
-            .lock()
-            .unwrap()
-            .iter()
-            .find(|l| l.contains(needle))
-            .cloned()
+        self.log_lines(needle).into_iter().next()
     }
 
     pub fn count_log(&self, needle: &str) -> usize {
-        self.log
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| l.contains(needle))
-            .count()
+        self.log_lines(needle).len()
     }
 
     /// Waits until a log line contains `needle`.
@@ -145,6 +292,11 @@ impl Server {
         self.workers()
     }
 
+    /// Every worker seen so far, live or not.
+    pub fn seen_workers(&self) -> &[u32] {
+        &self.seen_pids
+    }
+
     pub fn signal(&self, sig: Signal) {
         send_signal(self.pid(), sig).expect("signal primary");
     }
@@ -156,19 +308,14 @@ impl Server {
         });
         // Its last lines may still be in the pipe: read to the end (workers that outlive a
         // killed primary hold the pipe open, so this wait is bounded, not asserted).
-        let start = std::time::Instant::now();
-        while !self.log_done.load(std::sync::atomic::Ordering::SeqCst)
-            && start.elapsed() < Duration::from_secs(2)
-        {
-            std::thread::sleep(Duration::from_millis(5)); // poll until EOF, bounded by a deadline
-        }
+        poll(Duration::from_secs(2), || self.log.closed().then_some(()));
         status
     }
 
     /// Parses the last statistics table in the log into rows of
     /// (worker, pid, handed, connections, open, requests, restarts).
     pub fn last_stats(&self) -> Vec<[u64; 7]> {
-        let log = self.log.lock().unwrap();
+        let log = self.log.lines();
         let Some(start) = log.iter().rposition(|l| l.contains("worker statistics")) else {
             return Vec::new();
         };
@@ -194,90 +341,5 @@ impl Drop for Server {
         for p in pids {
             let _ = send_signal(p, Signal::SIGKILL);
         }
-    }
-}
-
-/// True when a fresh listener can bind the port (nothing holds it any more).
-pub fn port_free(port: u16) -> bool {
-    TcpListener::bind(("127.0.0.1", port)).is_ok()
-}
-
-/// Collects the lines of `r` into `sink` on a thread of its own.
-/// Returns a flag set once `r` reaches end of file.
-pub fn collect_lines(
-    r: impl Read + Send + 'static,
-    sink: Arc<Mutex<Vec<String>>>,
-) -> Arc<std::sync::atomic::AtomicBool> {
-    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flag = done.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(r).lines() {
-            let Ok(line) = line else { break };
-            if std::env::var_os("HERD_TEST_ECHO").is_some() {
-                eprintln!("{line}");
-            }
-            sink.lock().unwrap().push(line);
-        }
-        flag.store(true, std::sync::atomic::Ordering::SeqCst);
-    });
-    done
-}
-
-impl Server {
-    /// Starts example `name` with `args` (stdout and stderr both go to the log) and waits for
-    /// its primary's "listening on" line. The example must take the port as an argument: pass
-    /// "0".
-    pub fn start_example(name: &str, args: &[&str]) -> Server {
-        let mut child = Command::new(example_bin(name))
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start the example");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let out_done = collect_lines(child.stdout.take().expect("stdout"), log.clone());
-        let err_done = collect_lines(child.stderr.take().expect("stderr"), log.clone());
-        // Both streams must end; wait_exit watches one flag, so chain them.
-        let log_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let both = log_done.clone();
-        std::thread::spawn(move || {
-            use std::sync::atomic::Ordering::SeqCst;
-            let start = std::time::Instant::now();
-            while !(out_done.load(SeqCst) && err_done.load(SeqCst))
-                && start.elapsed() < Duration::from_secs(600)
-            {
-                std::thread::sleep(Duration::from_millis(5)); // poll both EOF flags, bounded
-            }
-            both.store(true, SeqCst);
-        });
-        let mut server = Server {
-            child,
-            port: 0,
-            log,
-            log_done,
-            seen_pids: Vec::new(),
-        };
-        server.port = wait_for(&format!("{name}'s listening line"), DEADLINE, || {
-            if let Ok(Some(status)) = server.child.try_wait() {
-                panic!("{name} exited early ({status}):\n{}", server.log_text());
-            }
-            let line = server.find_log("listening on ")?;
-            line.rsplit(':').next()?.trim().parse::<u16>().ok()
-        });
-        server.remember_workers();
-        server
-    }
-
-    /// The log lines that contain `needle`.
-    pub fn log_lines(&self, needle: &str) -> Vec<String> {
-        self.log
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| l.contains(needle))
-            .cloned()
-            .collect()
     }
 }
