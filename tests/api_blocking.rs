@@ -17,7 +17,7 @@ struct Client {
 
 impl Client {
     /// Connects and reads the greeting; returns the worker pid it names.
-    fn open(server: &Server) -> (Client, i32) {
+    fn open(server: &Server) -> (Client, u32) {
         let s = connect(server.addr());
         let mut c = Client {
             w: s.try_clone().unwrap(),

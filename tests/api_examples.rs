@@ -29,11 +29,7 @@ fn hello_answers_with_worker_pids_and_stops_on_sigterm() {
         let r = get(server.addr(), "/").expect("request");
         assert_eq!(r.status, 200);
         assert!(r.text().starts_with("Hello World! "), "{}", r.text());
-        assert!(
-            workers.contains(&(r.pid() as i32)),
-            "{} {workers:?}",
-            r.pid()
-        );
+        assert!(workers.contains(&r.pid()), "{} {workers:?}", r.pid());
     }
     server.signal(Signal::SIGTERM);
     assert!(server.wait_exit(DEADLINE).success());
@@ -48,7 +44,7 @@ fn echo_greets_with_its_pid_and_echoes() {
     let mut r = BufReader::new(s);
     let mut line = String::new();
     r.read_line(&mut line).unwrap();
-    let pid: i32 = line
+    let pid: u32 = line
         .trim()
         .strip_prefix("echo from worker ")
         .and_then(|p| p.parse().ok())

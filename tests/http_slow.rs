@@ -197,7 +197,7 @@ fn client_resets_do_not_hurt_the_worker() {
     let mut server = Server::start(&["--workers", "1"]);
     let workers = server.workers();
     let pid = serving_pid(server.addr());
-    let baseline = fd_count(pid as i32);
+    let baseline = fd_count(pid);
     for round in 0..5 {
         // Mid-response: read a little of a large body, then close with unread data (RST).
         let mut s = connect(server.addr());
@@ -220,6 +220,6 @@ fn client_resets_do_not_hurt_the_worker() {
     assert_eq!(server.workers(), workers);
     // The worker let go of every reset connection.
     wait_for("reset connections to be released", DEADLINE, || {
-        (fd_count(pid as i32) <= baseline).then_some(())
+        (fd_count(pid) <= baseline).then_some(())
     });
 }

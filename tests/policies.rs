@@ -75,7 +75,9 @@ fn reuseport_serves_and_counts() {
 
 #[test]
 fn node_policy_names_are_accepted() {
-    let server = Server::start_env(&["--workers", "1"], &[("HERD_POLICY", "none")]);
+    let server = Launch::herd(&["--workers", "1"])
+        .env("HERD_POLICY", "none")
+        .start();
     assert!(
         server.find_log("(shared policy)").is_some(),
         "{}",
@@ -149,5 +151,5 @@ fn least_connections_avoids_the_busy_worker_until_it_frees_up() {
     });
     let (p, _c) = open_idle(&server);
     assert_eq!(p, a, "A is chosen again once free");
-    assert!(workers.contains(&(a as i32)));
+    assert!(workers.contains(&a));
 }

@@ -14,7 +14,9 @@ use nix::sys::signal::Signal;
 #[test]
 fn connections_a_worker_never_acked_are_served_by_another() {
     // Worker 1 stops acking at its 5th connection and dies once its acked ones are done.
-    let server = Server::start_env(&["--workers", "2"], &[("HERD_FAULT_EXIT_AFTER", "1:5")]);
+    let server = Launch::herd(&["--workers", "2"])
+        .env("HERD_FAULT_EXIT_AFTER", "1:5")
+        .start();
     let r = load(server.addr(), 4, 25, false);
     assert_eq!(r.failed, 0, "every connection answered: {:?}", r.errors);
     assert_eq!(r.ok, 100);
@@ -32,7 +34,7 @@ fn a_killed_worker_is_respawned_and_only_its_own_requests_fail() {
     wait_for("traffic to flow", DEADLINE, || {
         (cpu_ticks(before[0]) > 2).then_some(())
     });
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(before[0]), Signal::SIGKILL).unwrap();
+    send_signal(before[0], Signal::SIGKILL).unwrap();
     let replacement = wait_for("a replacement worker", DEADLINE, || {
         let now = server.workers();
         (now.len() == 2 && !now.contains(&before[0])).then_some(now)
@@ -50,10 +52,7 @@ fn a_killed_worker_is_respawned_and_only_its_own_requests_fail() {
         "only requests the dead worker had accepted may fail (at most one per client): {:?}",
         r.errors
     );
-    assert!(
-        r.by_pid.contains_key(&(new_pid as u32)),
-        "the replacement served"
-    );
+    assert!(r.by_pid.contains_key(&new_pid), "the replacement served");
 }
 
 /// Reloads a 2-worker cluster under load from `keepalive` keep-alive clients and `close`
@@ -85,7 +84,7 @@ fn reload_under_load(policy: &str, keepalive: usize, close: usize) {
     stop.store(true, Ordering::Relaxed);
     let r = merge(clients);
     assert_eq!(r.failed, 0, "{policy}: no failed request: {:?}", r.errors);
-    let served = |pids: &[i32]| pids.iter().all(|p| r.by_pid.contains_key(&(*p as u32)));
+    let served = |pids: &[u32]| pids.iter().all(|p| r.by_pid.contains_key(p));
     assert!(served(&before), "{policy}: old pids served");
     assert!(served(&after), "{policy}: new pids served");
 }
@@ -97,7 +96,7 @@ fn sighup_replaces_every_worker_without_a_failed_request() {
 
 /// Sends a one-second `/work` request to the only worker and returns once the worker is busy
 /// with it (its CPU time has started to climb). Returns the worker's pid and the connection.
-fn start_slow_request(server: &mut Server) -> (i32, std::net::TcpStream) {
+fn start_slow_request(server: &mut Server) -> (u32, std::net::TcpStream) {
     let worker = server.workers()[0];
     let mut s = connect(server.addr());
     s.write_all(b"GET /work?us=1000000 HTTP/1.1\r\nHost: t\r\n\r\n")
@@ -124,7 +123,9 @@ fn sigterm_lets_a_slow_request_finish_then_exits() {
 #[test]
 fn a_worker_that_always_fails_at_start_is_backed_off() {
     let start = Instant::now();
-    let mut server = Server::launch(&["--workers", "1"], &[("HERD_FAULT_FAIL_START", "1")]);
+    let mut server = Launch::herd(&["--workers", "1"])
+        .env("HERD_FAULT_FAIL_START", "1")
+        .spawn();
     server.wait_log("crash-looping", DEADLINE);
     // Backoff 100, 150, 225, 338 ms before the fifth death: at least ~0.8 s, never a spin.
     assert!(
@@ -282,19 +283,18 @@ fn a_worker_at_its_limit_leaves_connections_in_the_kernel_queue() {
 fn running_out_of_descriptors_pauses_accepting_without_spinning() {
     // A primary with 24 descriptors: a few for itself, the rest fill up with clients waiting
     // for a worker that serves one connection at a time.
-    let server = Server::start_with_nofile(
-        24,
-        &[
-            "--workers",
-            "1",
-            "--max-connections",
-            "1",
-            "--handoff-window",
-            "1",
-            "--keepalive-timeout",
-            "60s",
-        ],
-    );
+    let server = Launch::herd(&[
+        "--workers",
+        "1",
+        "--max-connections",
+        "1",
+        "--handoff-window",
+        "1",
+        "--keepalive-timeout",
+        "60s",
+    ])
+    .nofile(24)
+    .start();
     let busy = occupy(&server);
     let waiting = load_until(
         server.addr(),

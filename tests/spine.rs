@@ -83,12 +83,12 @@ fn killing_a_worker_leaves_the_others_serving() {
     let workers = server.workers();
     assert_eq!(workers.len(), 3, "{workers:?}");
     let victim = workers[0];
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim), Signal::SIGKILL).unwrap();
+    send_signal(victim, Signal::SIGKILL).unwrap();
     server.wait_log(&format!("worker {victim} died (signal 9"), DEADLINE);
     for _ in 0..20 {
         let r = get(server.addr(), "/").expect("served after a worker died");
         assert_eq!(r.status, 200);
-        assert_ne!(r.pid() as i32, victim);
+        assert_ne!(r.pid(), victim);
     }
     assert!(alive(server.pid()), "primary survives");
 }
