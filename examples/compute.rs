@@ -142,5 +142,10 @@ fn main() -> Result<(), herd::Error> {
             _ => {}
         }
     }
+    // The cluster is over: the signals its primary blocked are unblocked again (a later
+    // Ctrl-C works as usual), although `events` is still in scope.
+    if let Some(mask) = herd::procfs::blocked_signals(std::process::id()) {
+        println!("blocked signals after the cluster: {mask:#x}");
+    }
     Ok(())
 }

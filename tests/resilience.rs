@@ -320,3 +320,25 @@ fn running_out_of_descriptors_pauses_accepting_without_spinning() {
     assert_eq!(r.failed, 0, "{:?}", r.errors);
     assert_eq!(r.ok, 40);
 }
+
+#[test]
+fn the_exit_report_names_each_worker_and_a_planned_exit_is_no_death() {
+    let mut server = Server::start(&["--workers", "2"]);
+    let mut pids = server.workers();
+    for _ in 0..4 {
+        get(server.addr(), "/").expect("served");
+    }
+    server.signal(Signal::SIGTERM);
+    assert!(server.wait_exit(DEADLINE).success());
+    let mut reported: Vec<u32> = server.last_stats().iter().map(|r| r[1] as u32).collect();
+    pids.sort_unstable();
+    reported.sort_unstable();
+    assert_eq!(reported, pids, "{}", server.log_text());
+    assert_eq!(server.count_log("died"), 0, "{}", server.log_text());
+    assert_eq!(
+        server.count_log("exited (exit code 0)"),
+        2,
+        "{}",
+        server.log_text()
+    );
+}

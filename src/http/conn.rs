@@ -11,10 +11,10 @@ use super::session::{Closing, Phase, Session, Shared};
 use super::Limits;
 use crate::worker::{Connection, Context, Status};
 
-/// How long a closing connection waits for the peer to finish sending (lingering close).
 /// Steps (reads, parsed requests, writes) one connection may take per turn of the worker's
 /// loop before it yields to the others.
 const STEP_BUDGET: usize = 64;
+/// How long a closing connection waits for the peer to finish sending (lingering close).
 const LINGER: Duration = Duration::from_secs(2);
 /// How long a response may wait for a reader that takes nothing at all.
 const SEND_TIMEOUT: Duration = Duration::from_secs(60);
