@@ -296,6 +296,7 @@ impl Cluster {
             args,
             env: self.env,
             report_closes: self.policy.needs_close_reports(),
+            orphan_grace: self.shutdown_timeout,
             max_connections: self.max_connections,
         };
         let config = primary::Config {

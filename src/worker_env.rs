@@ -9,6 +9,7 @@
 use std::os::fd::RawFd;
 use std::process::Command;
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use crate::event::WorkerId;
 
@@ -20,8 +21,18 @@ const CHANNEL_FD: &str = "HERD_WORKER_CHANNEL_FD";
 const REPORT_CLOSES: &str = "HERD_WORKER_REPORT_CLOSES";
 /// Most connections served at once (0: no limit).
 const MAX_CONNECTIONS: &str = "HERD_WORKER_MAX_CONNECTIONS";
+/// Milliseconds a worker whose primary is gone may take to finish before it exits.
+const ORPHAN_GRACE_MS: &str = "HERD_WORKER_ORPHAN_GRACE_MS";
 /// Every variable of the contract, for removal.
-const ALL: [&str; 4] = [ID, CHANNEL_FD, REPORT_CLOSES, MAX_CONNECTIONS];
+const ALL: [&str; 5] = [
+    ID,
+    CHANNEL_FD,
+    REPORT_CLOSES,
+    MAX_CONNECTIONS,
+    ORPHAN_GRACE_MS,
+];
+/// The grace when the variable is absent (the primary's default shutdown timeout).
+const DEFAULT_ORPHAN_GRACE: Duration = Duration::from_secs(30);
 
 /// What a primary tells a worker it starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +45,9 @@ pub struct WorkerEnv {
     pub report_closes: bool,
     /// Most connections served at once (0: no limit).
     pub max_connections: usize,
+    /// Once its primary is gone, the time a worker may take to finish what it serves before
+    /// it exits anyway (the primary's shutdown timeout): no orphan outlives it.
+    pub orphan_grace: Duration,
 }
 
 /// Why the environment did not describe a worker.
@@ -47,7 +61,8 @@ impl WorkerEnv {
         cmd.env(ID, self.id.to_string())
             .env(CHANNEL_FD, self.channel_fd.to_string())
             .env(REPORT_CLOSES, if self.report_closes { "1" } else { "0" })
-            .env(MAX_CONNECTIONS, self.max_connections.to_string());
+            .env(MAX_CONNECTIONS, self.max_connections.to_string())
+            .env(ORPHAN_GRACE_MS, self.orphan_grace.as_millis().to_string());
     }
 
     /// This process's contract, read on first use and then removed from the environment.
@@ -84,6 +99,12 @@ impl WorkerEnv {
                     None => 0,
                     Some(v) => v.parse().map_err(|_| BadWorkerEnv(MAX_CONNECTIONS))?,
                 },
+                orphan_grace: match var(ORPHAN_GRACE_MS) {
+                    None => DEFAULT_ORPHAN_GRACE,
+                    Some(v) => {
+                        Duration::from_millis(v.parse().map_err(|_| BadWorkerEnv(ORPHAN_GRACE_MS))?)
+                    }
+                },
             })
         };
         Some(parse())
@@ -102,6 +123,7 @@ mod tests {
             channel_fd: 7,
             report_closes: true,
             max_connections: 9,
+            orphan_grace: Duration::from_millis(1500),
         };
         let mut cmd = Command::new("true");
         env.apply(&mut cmd);

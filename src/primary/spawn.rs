@@ -23,6 +23,8 @@ pub struct Spawner {
     pub report_closes: bool,
     /// Most connections one worker serves at once (0: no limit).
     pub max_connections: usize,
+    /// How long a worker whose primary is gone may take to finish (the shutdown timeout).
+    pub orphan_grace: std::time::Duration,
 }
 
 impl Spawner {
@@ -40,6 +42,7 @@ impl Spawner {
             channel_fd: fd,
             report_closes: self.report_closes,
             max_connections: self.max_connections,
+            orphan_grace: self.orphan_grace,
         }
         .apply(&mut cmd);
         crate::sys::keep_open_across_exec(&mut cmd, fd);

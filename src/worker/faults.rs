@@ -12,6 +12,9 @@ use crate::event::WorkerId;
 pub const ENV_FAULT_EXIT_AFTER: &str = "HERD_FAULT_EXIT_AFTER";
 /// Testing only: exit with status 3 at start, before coming online.
 pub const ENV_FAULT_FAIL_START: &str = "HERD_FAULT_FAIL_START";
+/// Testing only: `1` makes a worker send one packet the primary cannot decode right after it
+/// comes online (the primary must replace it, not stall).
+pub const ENV_FAULT_GARBAGE: &str = "HERD_FAULT_GARBAGE";
 
 /// Exits with status 3 if `HERD_FAULT_FAIL_START=1`.
 pub fn fail_start_if_asked() {
@@ -31,6 +34,8 @@ pub struct Faults {
     received: u64,
     /// Sockets received after the fault tripped: never acked, never served.
     swallowed: Vec<OwnedFd>,
+    /// Send one undecodable packet after coming online.
+    pub garbage: bool,
 }
 
 impl Faults {
@@ -47,6 +52,7 @@ impl Faults {
                 });
         Faults {
             exit_after,
+            garbage: std::env::var(ENV_FAULT_GARBAGE).is_ok_and(|v| v == "1"),
             ..Faults::default()
         }
     }

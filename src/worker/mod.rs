@@ -25,7 +25,7 @@ use crate::event::WorkerId;
 use crate::ipc::{IpcError, Outgoing, ToPrimary};
 use crate::worker_env::{BadWorkerEnv, WorkerEnv};
 
-pub use faults::{ENV_FAULT_EXIT_AFTER, ENV_FAULT_FAIL_START};
+pub use faults::{ENV_FAULT_EXIT_AFTER, ENV_FAULT_FAIL_START, ENV_FAULT_GARBAGE};
 
 /// What a connection wants after an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

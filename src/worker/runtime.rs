@@ -36,6 +36,9 @@ pub struct Runtime<H: Handler> {
     connections: u64,
     faults: Faults,
     next_sweep: Instant,
+    /// How long to go on once the primary is gone, and the time that ends then.
+    orphan_grace: Duration,
+    orphan_deadline: Option<Instant>,
 }
 
 impl<H: Handler> Runtime<H> {
@@ -64,6 +67,8 @@ impl<H: Handler> Runtime<H> {
             connections: 0,
             faults: Faults::from_env(env.id),
             next_sweep: now + SWEEP_EVERY,
+            orphan_grace: env.orphan_grace,
+            orphan_deadline: None,
         })
     }
 
@@ -72,6 +77,10 @@ impl<H: Handler> Runtime<H> {
         log::info!("worker {} started", std::process::id());
         self.ctx.outgoing.push_back(ToPrimary::Online);
         self.uplink.flush(self.poll.registry(), &mut self.ctx);
+        if self.faults.garbage {
+            log::warn!("worker {}: sending garbage on purpose", std::process::id());
+            self.uplink.send_garbage();
+        }
         let mut events = Events::with_capacity(1024);
         loop {
             let timeout = if self.table.has_yielded() {
@@ -80,6 +89,13 @@ impl<H: Handler> Runtime<H> {
                 None
             } else {
                 Some(SWEEP_EVERY)
+            };
+            let timeout = match self.orphan_deadline {
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    Some(timeout.map_or(left, |t| t.min(left)))
+                }
+                None => timeout,
             };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != io::ErrorKind::Interrupted {
@@ -95,6 +111,15 @@ impl<H: Handler> Runtime<H> {
             }
             self.finish_turn();
             if self.ctx.draining && self.open() == 0 && !self.admission.holds_any() {
+                break;
+            }
+            if self.orphan_deadline.is_some_and(|d| self.ctx.now >= d) {
+                log::warn!(
+                    "worker {}: primary gone for {:?}; exiting with {} connections unfinished",
+                    std::process::id(),
+                    self.orphan_grace,
+                    self.open()
+                );
                 break;
             }
         }
@@ -139,7 +164,7 @@ impl<H: Handler> Runtime<H> {
         }
         let all_sent = self.uplink.flush(self.poll.registry(), &mut self.ctx);
         if self.uplink.gone() {
-            self.start_drain();
+            self.orphaned();
         }
         if all_sent {
             for stream in std::mem::take(&mut self.taken) {
@@ -159,8 +184,7 @@ impl<H: Handler> Runtime<H> {
                 Inbound::Message(d) => self.on_message(d),
                 Inbound::Empty => return,
                 Inbound::Gone => {
-                    log::info!("worker {}: primary went away; draining", std::process::id());
-                    self.start_drain();
+                    self.orphaned();
                     return;
                 }
             }
@@ -318,6 +342,19 @@ impl<H: Handler> Runtime<H> {
                 _ => self.start_drain(),
             }
         }
+    }
+
+    /// The primary is gone: finish what is in flight, within the grace it gave us.
+    fn orphaned(&mut self) {
+        if self.orphan_deadline.is_none() {
+            log::info!(
+                "worker {}: primary went away; draining (at most {:?})",
+                std::process::id(),
+                self.orphan_grace
+            );
+            self.orphan_deadline = Some(Instant::now() + self.orphan_grace);
+        }
+        self.start_drain();
     }
 
     fn start_drain(&mut self) {

@@ -140,6 +140,13 @@ impl Uplink {
         }
     }
 
+    /// Testing only ([`super::faults::ENV_FAULT_GARBAGE`]): sends bytes that are no message.
+    pub fn send_garbage(&self) {
+        if let Err(e) = self.endpoint.channel().send(&[0xEE, 0xEE], &[]) {
+            log::warn!("garbage fault: {e}");
+        }
+    }
+
     fn close(&mut self, registry: &Registry) {
         if !self.gone {
             self.gone = true;

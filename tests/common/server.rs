@@ -128,6 +128,12 @@ impl Launch {
         .args(args)
     }
 
+    /// Runs this program instead (for example a copy of herd elsewhere).
+    pub fn program(mut self, program: PathBuf) -> Launch {
+        self.program = program;
+        self
+    }
+
     /// More arguments.
     pub fn args(mut self, args: &[&str]) -> Launch {
         self.args.extend(args.iter().map(|a| a.to_string()));
