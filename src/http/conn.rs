@@ -209,7 +209,8 @@ impl Connection for HttpConn {
             Phase::Idle if self.session.requests() > 0 => limits.keepalive_timeout,
             Phase::Idle | Phase::Head | Phase::Body => limits.header_timeout,
         };
-        Some(self.since + limit)
+        // A timeout too far off for an `Instant` is no timeout (not a panic).
+        self.since.checked_add(limit)
     }
 
     fn timed_out(&mut self, ctx: &mut Context) -> Status {
