@@ -70,6 +70,9 @@ struct ServeArgs {
     /// Largest request head in bytes (larger: 431, or 414 for a too long request line)
     #[arg(long, default_value_t = 8 * 1024, value_parser = clap::value_parser!(u32).range(MIN_HEAD_BYTES as i64..))]
     max_head_bytes: u32,
+    /// Most header lines in a request head (more: 431)
+    #[arg(long, default_value_t = Limits::default().max_headers as u16, value_parser = clap::value_parser!(u16).range(1..))]
+    max_headers: u16,
     /// Time allowed to send a request head, and longest pause in a request body (then 408)
     #[arg(long, default_value = "10s", value_parser = positive_duration)]
     header_timeout: Duration,
@@ -96,6 +99,7 @@ impl ServeArgs {
     fn limits(&self) -> Limits {
         Limits {
             max_head: self.max_head_bytes as usize,
+            max_headers: usize::from(self.max_headers),
             header_timeout: self.header_timeout,
             keepalive_timeout: self.keepalive_timeout,
             max_requests: self.max_requests_per_conn,

@@ -6,6 +6,10 @@
 //! close; no client byte can panic the worker. The exact rules are in [`request`] (heads) and
 //! [`body`] (bodies); [`Session`] is the socket-free state machine, [`HttpConn`] its socket.
 //!
+//! Sizes: a head larger than `max_head` bytes or with more than `max_headers` header lines is
+//! answered `431` (`414` for a request line alone too long), and the connection is closed
+//! after the answer.
+//!
 //! Timeouts, all checked by the worker's sweep: a new connection must send a complete head
 //! within `header_timeout` of being accepted, a later request within `header_timeout` of its
 //! first byte; a body may pause at most `header_timeout` between reads; an idle keep-alive
@@ -36,6 +40,10 @@ pub struct Limits {
     /// Largest request head (request line and headers); larger is answered `431` (`414` when
     /// the request line alone does not fit). Also bounds a chunked body's trailer section.
     pub max_head: usize,
+    /// Most header lines in one request head; more is answered `431`. Heads of up to 64
+    /// header lines are parsed on the stack; a larger cap costs a heap allocation only for
+    /// the requests that have more (sized by the lines they actually hold).
+    pub max_headers: usize,
     /// Time allowed to send a complete request head (slowloris guard): from the accept for a
     /// connection's first request, from the first byte for later ones. Also the longest pause
     /// allowed inside a request body. Then `408` and close.
@@ -50,6 +58,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_head: 8 * 1024,
+            max_headers: request::DEFAULT_MAX_HEADERS,
             header_timeout: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(5),
             max_requests: 0,

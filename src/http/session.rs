@@ -178,7 +178,7 @@ impl Session {
     fn parse_head(&self) -> Result<Option<Head>, Reject> {
         let buf = self.unread();
         let max = self.limits.max_head;
-        match request::parse(buf)? {
+        match request::parse(buf, self.limits.max_headers)? {
             Some(head) if head.len > max => Err(request::too_large(buf, max)),
             None if buf.len() > max => Err(request::too_large(buf, max)),
             parsed => Ok(parsed),
