@@ -73,6 +73,9 @@ struct ServeArgs {
     /// Most header lines in a request head (more: 431)
     #[arg(long, default_value_t = Limits::default().max_headers as u16, value_parser = clap::value_parser!(u16).range(1..))]
     max_headers: u16,
+    /// Largest request body in bytes, decoded (larger: 413 and close; 0: no limit)
+    #[arg(long, default_value_t = Limits::default().max_body)]
+    max_body_bytes: u64,
     /// Time allowed to send a request head, and longest pause in a request body (then 408)
     #[arg(long, default_value = "10s", value_parser = positive_duration)]
     header_timeout: Duration,
@@ -100,6 +103,7 @@ impl ServeArgs {
         Limits {
             max_head: self.max_head_bytes as usize,
             max_headers: usize::from(self.max_headers),
+            max_body: self.max_body_bytes,
             header_timeout: self.header_timeout,
             keepalive_timeout: self.keepalive_timeout,
             max_requests: self.max_requests_per_conn,

@@ -4,9 +4,139 @@ mod common;
 
 use std::io::{BufReader, Write};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
+
+/// The default `--max-body-bytes`.
+const MIB: usize = 1024 * 1024;
+
+/// Reads what the server sends until it closes: exactly one response, which must be `status`
+/// with `Connection: close`, and the close must come within `limit`.
+fn assert_refused(s: &mut std::net::TcpStream, status: u16, limit: Duration, what: &str) {
+    let (out, end) = read_to_close(s, limit);
+    let text = String::from_utf8_lossy(&out);
+    assert_eq!(
+        end,
+        End::Eof,
+        "{what}: not closed after the answer: {text:?}"
+    );
+    let rs = parse_responses(&out);
+    assert_eq!(rs.len(), 1, "{what}: {text:?}");
+    assert_eq!(rs[0].status, status, "{what}: {text:?}");
+    assert_eq!(rs[0].header("connection"), Some("close"), "{what}");
+}
+
+/// A chunk of `n` bytes of body, framed.
+fn chunk(n: usize) -> Vec<u8> {
+    let mut c = format!("{n:x}\r\n").into_bytes();
+    c.resize(c.len() + n, b'b');
+    c.extend_from_slice(b"\r\n");
+    c
+}
+
+#[test]
+fn content_length_beyond_the_default_limit_is_refused_before_the_body() {
+    let server = Server::start(&["--workers", "1"]);
+    // Only the head is sent: the 413 comes at once, without waiting for a body (and without a
+    // `100 Continue` inviting one), and the connection is closed after it.
+    for (what, head) in [
+        (
+            "one byte over",
+            format!(
+                "POST / HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+                MIB + 1
+            ),
+        ),
+        (
+            "with Expect",
+            format!(
+                "GET / HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+                MIB + 1
+            ),
+        ),
+        (
+            "u64::MAX",
+            format!(
+                "GET / HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+                u64::MAX
+            ),
+        ),
+    ] {
+        let mut s = connect(server.addr());
+        s.write_all(head.as_bytes()).unwrap();
+        let t = Instant::now();
+        assert_refused(&mut s, 413, Duration::from_secs(5), what);
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "{what}: {:?}",
+            t.elapsed()
+        );
+    }
+    // An absurd value (beyond u64) stays a 400, as in nginx.
+    let mut s = connect(server.addr());
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nContent-Length: 99999999999999999999\r\n\r\n")
+        .unwrap();
+    assert_refused(&mut s, 400, Duration::from_secs(5), "overflow");
+    // A body of exactly the limit is read and the connection goes on.
+    let mut s = connect(server.addr());
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut request =
+        format!("GET / HTTP/1.1\r\nHost: t\r\nContent-Length: {MIB}\r\n\r\n").into_bytes();
+    request.resize(request.len() + MIB, b'b');
+    request.extend_from_slice(b"GET /bytes?n=3 HTTP/1.1\r\nHost: t\r\n\r\n");
+    s.write_all(&request).unwrap();
+    let at_limit = read_response(&mut r, false).unwrap();
+    assert_eq!(
+        (at_limit.status, at_limit.header("connection")),
+        (200, Some("keep-alive"))
+    );
+    assert_eq!(read_response(&mut r, false).unwrap().body, b"xxx");
+}
+
+#[test]
+fn chunked_bodies_are_refused_as_soon_as_they_pass_the_limit() {
+    let server = Server::start(&["--workers", "1", "--max-body-bytes", "1000"]);
+    // 600 + 400 bytes: exactly the limit, served, and the connection stays open.
+    let mut s = connect(server.addr());
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let head = b"GET / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let body = [chunk(600), chunk(400), b"0\r\n\r\n".to_vec()].concat();
+    s.write_all(&[&head[..], &body].concat()).unwrap();
+    let ok = read_response(&mut r, false).unwrap();
+    assert_eq!(
+        (ok.status, ok.header("connection")),
+        (200, Some("keep-alive"))
+    );
+    // 600 bytes, then a chunk-size line of 401: refused at that line, before its data, and
+    // the request pipelined behind it is never answered.
+    let mut s = connect(server.addr());
+    s.write_all(&[&head[..], &chunk(600), b"191\r\n"].concat())
+        .unwrap();
+    assert_refused(
+        &mut s,
+        413,
+        Duration::from_secs(5),
+        "chunked past the limit",
+    );
+    // Also when the whole body and a next request arrive at once.
+    let mut over = [&head[..], &chunk(1000), &chunk(1), b"0\r\n\r\n"].concat();
+    over.extend_from_slice(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+    let (out, end) = exchange(server.addr(), &over, Duration::from_secs(5));
+    let statuses: Vec<u16> = parse_responses(&out).iter().map(|r| r.status).collect();
+    assert_eq!((statuses, end), (vec![413], End::Eof));
+
+    // `--max-body-bytes 0` means no limit.
+    let unlimited = Server::start(&["--workers", "1", "--max-body-bytes", "0"]);
+    let mut big = format!(
+        "GET / HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        2 * MIB
+    )
+    .into_bytes();
+    big.resize(big.len() + 2 * MIB, b'b');
+    let (out, _) = exchange(unlimited.addr(), &big, DEADLINE);
+    assert_eq!(parse_responses(&out).first().map(|r| r.status), Some(200));
+}
 
 #[test]
 fn timeouts_too_long_for_the_clock_mean_no_timeout() {
@@ -104,6 +234,9 @@ fn header_lines_are_capped_by_max_headers() {
 #[test]
 fn limit_flags_reject_bad_values() {
     for (flag, value) in [
+        ("--max-body-bytes", "-1"),
+        ("--max-body-bytes", "1MiB"),
+        ("--max-body-bytes", "18446744073709551616"),
         ("--max-headers", "0"),
         ("--max-headers", "65536"),
         ("--max-headers", "many"),

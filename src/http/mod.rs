@@ -7,8 +7,9 @@
 //! [`body`] (bodies); [`Session`] is the socket-free state machine, [`HttpConn`] its socket.
 //!
 //! Sizes: a head larger than `max_head` bytes or with more than `max_headers` header lines is
-//! answered `431` (`414` for a request line alone too long), and the connection is closed
-//! after the answer.
+//! answered `431` (`414` for a request line alone too long); a body larger than `max_body` is
+//! answered `413` (at once for a `Content-Length` beyond it, at the chunk-size line that takes a
+//! chunked body past it). Every refusal closes the connection after its answer.
 //!
 //! Timeouts, all checked by the worker's sweep: a new connection must send a complete head
 //! within `header_timeout` of being accepted, a later request within `header_timeout` of its
@@ -44,6 +45,11 @@ pub struct Limits {
     /// header lines are parsed on the stack; a larger cap costs a heap allocation only for
     /// the requests that have more (sized by the lines they actually hold).
     pub max_headers: usize,
+    /// Largest request body in bytes, counted as decoded body bytes (chunk framing excluded);
+    /// larger is answered `413` and the connection closed. A `Content-Length` beyond it is
+    /// refused before any body byte is read, a chunked body as soon as a chunk-size line takes
+    /// its total past it. `0`: no limit (as nginx's `client_max_body_size 0`).
+    pub max_body: u64,
     /// Time allowed to send a complete request head (slowloris guard): from the accept for a
     /// connection's first request, from the first byte for later ones. Also the longest pause
     /// allowed inside a request body. Then `408` and close.
@@ -59,6 +65,7 @@ impl Default for Limits {
         Limits {
             max_head: 8 * 1024,
             max_headers: request::DEFAULT_MAX_HEADERS,
+            max_body: 1024 * 1024,
             header_timeout: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(5),
             max_requests: 0,

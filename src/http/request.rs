@@ -73,7 +73,7 @@ pub struct Reject {
     pub why: &'static str,
 }
 
-const fn reject(status: u16, why: &'static str) -> Reject {
+pub(super) const fn reject(status: u16, why: &'static str) -> Reject {
     Reject { status, why }
 }
 
