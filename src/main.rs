@@ -79,6 +79,9 @@ struct ServeArgs {
     /// Time allowed to send a request head, and longest pause in a request body (then 408)
     #[arg(long, default_value = "10s", value_parser = positive_duration)]
     header_timeout: Duration,
+    /// Time allowed to send a whole request body, from the end of its head (then 408)
+    #[arg(long, default_value = "60s", value_parser = positive_duration)]
+    body_timeout: Duration,
     /// Time an idle keep-alive connection stays open
     #[arg(long, default_value = "5s", value_parser = positive_duration)]
     keepalive_timeout: Duration,
@@ -105,6 +108,7 @@ impl ServeArgs {
             max_headers: usize::from(self.max_headers),
             max_body: self.max_body_bytes,
             header_timeout: self.header_timeout,
+            body_timeout: self.body_timeout,
             keepalive_timeout: self.keepalive_timeout,
             max_requests: self.max_requests_per_conn,
         }

@@ -1,9 +1,13 @@
-//! Issue 18, HTTP limits, each on a real server over real sockets.
+//! Issue 18, HTTP limits: the request body limit (`--max-body-bytes`, `413`), the whole-body
+//! deadline (`--body-timeout`, `408`) and the header-line cap (`--max-headers`, `431`), each on
+//! a real server over real sockets.
 
 mod common;
 
 use std::io::{BufReader, Write};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -138,6 +142,66 @@ fn chunked_bodies_are_refused_as_soon_as_they_pass_the_limit() {
     assert_eq!(parse_responses(&out).first().map(|r| r.status), Some(200));
 }
 
+/// Sends `head`, then a 3-byte chunk every `pace` from another thread until told to stop or
+/// the server closes; returns the stop flag and the connection to read from.
+fn trickle(
+    addr: std::net::SocketAddr,
+    pace: Duration,
+) -> (
+    Arc<AtomicBool>,
+    std::net::TcpStream,
+    std::thread::JoinHandle<()>,
+) {
+    let s = connect(addr);
+    let mut w = s.try_clone().unwrap();
+    w.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let writer = std::thread::spawn(move || {
+        while !flag.load(Ordering::SeqCst) && w.write_all(b"3\r\nabc\r\n").is_ok() {
+            std::thread::sleep(pace); // the uploader's pace
+        }
+    });
+    (stop, s, writer)
+}
+
+#[test]
+fn a_body_that_never_pauses_still_ends_at_the_body_timeout() {
+    let server = Server::start(&[
+        "--workers",
+        "1",
+        "--header-timeout",
+        "1s",
+        "--body-timeout",
+        "2s",
+    ]);
+    // A chunk every 300 ms: never a pause near the 1 s header timeout, yet cut off at 2 s.
+    let t = Instant::now();
+    let (stop, mut s, writer) = trickle(server.addr(), Duration::from_millis(300));
+    assert_refused(&mut s, 408, Duration::from_secs(8), "endless trickle");
+    let took = t.elapsed();
+    stop.store(true, Ordering::SeqCst);
+    writer.join().unwrap();
+    assert!(took >= Duration::from_millis(1900), "{took:?}");
+    assert!(took < Duration::from_secs(4), "{took:?}");
+
+    // The clock is per body: two bodies of 1.2 s each on one connection are both served.
+    let mut s = connect(server.addr());
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    for i in 0..2 {
+        s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .unwrap();
+        for _ in 0..4 {
+            std::thread::sleep(Duration::from_millis(300)); // the uploader's pace
+            s.write_all(b"3\r\nabc\r\n").unwrap();
+        }
+        s.write_all(b"0\r\n\r\n").unwrap();
+        let resp = read_response(&mut r, false).unwrap_or_else(|e| panic!("body {i}: {e}"));
+        assert_eq!(resp.status, 200, "body {i}");
+    }
+}
+
 #[test]
 fn timeouts_too_long_for_the_clock_mean_no_timeout() {
     // 500 billion years overflows an `Instant`: the worker used to panic at its next sweep
@@ -149,6 +213,8 @@ fn timeouts_too_long_for_the_clock_mean_no_timeout() {
         "--header-timeout",
         forever,
         "--keepalive-timeout",
+        forever,
+        "--body-timeout",
         forever,
     ]);
     let mut s = connect(server.addr());
@@ -232,7 +298,7 @@ fn header_lines_are_capped_by_max_headers() {
 }
 
 #[test]
-fn limit_flags_reject_bad_values() {
+fn body_and_header_flags_reject_bad_values() {
     for (flag, value) in [
         ("--max-body-bytes", "-1"),
         ("--max-body-bytes", "1MiB"),
@@ -240,6 +306,9 @@ fn limit_flags_reject_bad_values() {
         ("--max-headers", "0"),
         ("--max-headers", "65536"),
         ("--max-headers", "many"),
+        ("--body-timeout", "0"),
+        ("--body-timeout", "0s"),
+        ("--body-timeout", "soon"),
     ] {
         let out = Command::new(herd_bin())
             .arg("serve")

@@ -13,9 +13,10 @@
 //!
 //! Timeouts, all checked by the worker's sweep: a new connection must send a complete head
 //! within `header_timeout` of being accepted, a later request within `header_timeout` of its
-//! first byte; a body may pause at most `header_timeout` between reads; an idle keep-alive
-//! connection is closed after `keepalive_timeout`; a response that makes no progress for 60 s is
-//! abandoned. An incomplete head or body at its deadline is answered `408`.
+//! first byte; a body may pause at most `header_timeout` between reads, and must be complete
+//! within `body_timeout` of the end of its head; an idle keep-alive connection is closed after
+//! `keepalive_timeout`; a response that makes no progress for 60 s is abandoned. An incomplete
+//! head or body at its deadline is answered `408`.
 
 pub mod body;
 mod conn;
@@ -54,6 +55,9 @@ pub struct Limits {
     /// connection's first request, from the first byte for later ones. Also the longest pause
     /// allowed inside a request body. Then `408` and close.
     pub header_timeout: Duration,
+    /// Time a whole request body may take, from the end of its head, however steadily it
+    /// moves (an endless slow upload is cut off). Then `408` and close.
+    pub body_timeout: Duration,
     /// Time an idle keep-alive connection is kept open.
     pub keepalive_timeout: Duration,
     /// Requests served on one connection before it is closed (0: no limit).
@@ -67,6 +71,7 @@ impl Default for Limits {
             max_headers: request::DEFAULT_MAX_HEADERS,
             max_body: 1024 * 1024,
             header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(60),
             keepalive_timeout: Duration::from_secs(5),
             max_requests: 0,
         }
