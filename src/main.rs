@@ -70,9 +70,18 @@ struct ServeArgs {
     /// Largest request head in bytes (larger: 431, or 414 for a too long request line)
     #[arg(long, default_value_t = 8 * 1024, value_parser = clap::value_parser!(u32).range(MIN_HEAD_BYTES as i64..))]
     max_head_bytes: u32,
+    /// Most header lines in a request head (more: 431)
+    #[arg(long, default_value_t = Limits::default().max_headers as u16, value_parser = clap::value_parser!(u16).range(1..))]
+    max_headers: u16,
+    /// Largest request body in bytes, decoded (larger: 413 and close; 0: no limit)
+    #[arg(long, default_value_t = Limits::default().max_body)]
+    max_body_bytes: u64,
     /// Time allowed to send a request head, and longest pause in a request body (then 408)
     #[arg(long, default_value = "10s", value_parser = positive_duration)]
     header_timeout: Duration,
+    /// Time allowed to send a whole request body, from the end of its head (then 408)
+    #[arg(long, default_value = "60s", value_parser = positive_duration)]
+    body_timeout: Duration,
     /// Time an idle keep-alive connection stays open
     #[arg(long, default_value = "5s", value_parser = positive_duration)]
     keepalive_timeout: Duration,
@@ -96,7 +105,10 @@ impl ServeArgs {
     fn limits(&self) -> Limits {
         Limits {
             max_head: self.max_head_bytes as usize,
+            max_headers: usize::from(self.max_headers),
+            max_body: self.max_body_bytes,
             header_timeout: self.header_timeout,
+            body_timeout: self.body_timeout,
             keepalive_timeout: self.keepalive_timeout,
             max_requests: self.max_requests_per_conn,
         }

@@ -5,15 +5,28 @@
 //! `1*HEXDIG [ *WSP ";" ext ] CRLF` with no control bytes, chunk data is followed by exactly
 //! CRLF, trailer lines are `name ":" value CRLF`, and a bare LF anywhere in the framing is an
 //! error. Every violation ends the request with `400`.
+//!
+//! The decoder also enforces the body limit, counting decoded body bytes: a `Content-Length`
+//! beyond it is refused before any body byte is read, a chunked body at the chunk-size line
+//! that takes its total past it (before that chunk's data). Both are `413`.
 
-use super::request::Body;
+use super::request::{reject, Body, Reject};
 
 /// Longest chunk-size or trailer line accepted.
 pub const MAX_CHUNK_LINE: usize = 4 * 1024;
 
-/// Where we are in the request body being discarded.
+const TOO_LARGE: Reject = reject(413, "request body too large");
+
+/// Where we are in the request body being discarded, and how much more the limit allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decoder {
+pub struct Decoder {
+    state: State,
+    /// Body bytes the limit allows beyond the chunks announced so far (`u64::MAX`: no limit).
+    allowance: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
     /// Not in a body (or the body is complete).
     Done,
     /// This many bytes of a `Content-Length` body remain.
@@ -28,71 +41,98 @@ pub enum Decoder {
     Trailers(usize),
 }
 
-impl Decoder {
-    /// The decoder for a body framed as `body`.
-    pub fn new(body: Body) -> Decoder {
-        match body {
-            Body::None => Decoder::Done,
-            Body::Length(n) => Decoder::Length(n),
-            Body::Chunked => Decoder::Size,
+impl Default for Decoder {
+    /// Not in a body.
+    fn default() -> Self {
+        Decoder {
+            state: State::Done,
+            allowance: 0,
         }
+    }
+}
+
+impl Decoder {
+    /// The decoder for a body framed as `body`, at most `max_body` bytes long (`0`: no limit);
+    /// `Err` (`413`) for a `Content-Length` beyond the limit.
+    pub fn new(body: Body, max_body: u64) -> Result<Decoder, Reject> {
+        let allowance = match max_body {
+            0 => u64::MAX,
+            n => n,
+        };
+        let state = match body {
+            Body::None => State::Done,
+            Body::Length(n) if n > allowance => return Err(TOO_LARGE),
+            Body::Length(n) => State::Length(n),
+            Body::Chunked => State::Size,
+        };
+        Ok(Decoder { state, allowance })
     }
 
     /// True once the whole body has been consumed.
     pub fn is_done(&self) -> bool {
-        *self == Decoder::Done
+        self.state == State::Done
     }
 
     /// Consumes body bytes from the front of `buf` and returns how many; stops when the body is
-    /// complete or more input is needed. `max_trailers` bounds the trailer section.
-    pub fn decode(&mut self, buf: &[u8], max_trailers: usize) -> Result<usize, &'static str> {
+    /// complete or more input is needed. `max_trailers` bounds the trailer section. `Err`: the
+    /// status to refuse the request with (`400` for bad framing, `413` past the body limit).
+    pub fn decode(&mut self, buf: &[u8], max_trailers: usize) -> Result<usize, Reject> {
         let mut used = 0;
         loop {
             let rest = buf.get(used..).unwrap_or_default();
-            let (n, next) = match *self {
-                Decoder::Done => return Ok(used),
-                Decoder::Length(left) => {
+            let (n, next) = match self.state {
+                State::Done => return Ok(used),
+                State::Length(left) => {
                     let n = take(left, rest);
                     let next = match left - n as u64 {
-                        0 => Decoder::Done,
-                        l => Decoder::Length(l),
+                        0 => State::Done,
+                        l => State::Length(l),
                     };
                     (n, next)
                 }
-                Decoder::Data(left) => {
+                State::Data(left) => {
                     let n = take(left, rest);
                     let next = match left - n as u64 {
-                        0 => Decoder::DataEnd,
-                        l => Decoder::Data(l),
+                        0 => State::DataEnd,
+                        l => State::Data(l),
                     };
                     (n, next)
                 }
-                Decoder::DataEnd => match rest {
-                    [b'\r', b'\n', ..] => (2, Decoder::Size),
+                State::DataEnd => match rest {
+                    [b'\r', b'\n', ..] => (2, State::Size),
                     [] | [b'\r'] => return Ok(used),
-                    _ => return Err("chunk data not followed by CRLF"),
+                    _ => return Err(bad("chunk data not followed by CRLF")),
                 },
-                Decoder::Size => match size_line(rest)? {
+                State::Size => match size_line(rest).map_err(bad)? {
                     None => return Ok(used),
-                    Some((n, 0)) => (n, Decoder::Trailers(0)),
-                    Some((n, size)) => (n, Decoder::Data(size)),
+                    Some((n, 0)) => (n, State::Trailers(0)),
+                    Some((_, size)) if size > self.allowance => return Err(TOO_LARGE),
+                    Some((n, size)) => {
+                        self.allowance -= size;
+                        (n, State::Data(size))
+                    }
                 },
-                Decoder::Trailers(total) => match trailer_line(rest)? {
+                State::Trailers(total) => match trailer_line(rest).map_err(bad)? {
                     None => return Ok(used),
                     Some((n, _)) if total + n > max_trailers => {
-                        return Err("trailer section too large")
+                        return Err(bad("trailer section too large"))
                     }
-                    Some((n, true)) => (n, Decoder::Done),
-                    Some((n, false)) => (n, Decoder::Trailers(total + n)),
+                    Some((n, true)) => (n, State::Done),
+                    Some((n, false)) => (n, State::Trailers(total + n)),
                 },
             };
-            if n == 0 && next == *self {
+            if n == 0 && next == self.state {
                 return Ok(used);
             }
             used += n;
-            *self = next;
+            self.state = next;
         }
     }
+}
+
+/// Malformed framing: `400`.
+fn bad(why: &'static str) -> Reject {
+    reject(400, why)
 }
 
 /// How much of `left` remaining body bytes `rest` holds.
@@ -179,9 +219,15 @@ fn is_tchar(b: u8) -> bool {
 mod tests {
     use super::*;
 
-    /// Decodes `input` fed in pieces of `step` bytes; `Ok(leftover)` once done.
+    /// Decodes `input` fed in pieces of `step` bytes with no body limit; `Ok(leftover)` once
+    /// done.
     fn run(body: Body, input: &[u8], step: usize) -> Result<Vec<u8>, &'static str> {
-        let mut d = Decoder::new(body);
+        limited(body, 0, input, step).map_err(|r| r.why)
+    }
+
+    /// [`run`] with a body limit, keeping the refusal's status.
+    fn limited(body: Body, max: u64, input: &[u8], step: usize) -> Result<Vec<u8>, Reject> {
+        let mut d = Decoder::new(body, max)?;
         let mut buf = Vec::new();
         for piece in input.chunks(step.max(1)) {
             buf.extend_from_slice(piece);
@@ -191,7 +237,7 @@ mod tests {
         if d.is_done() {
             Ok(buf)
         } else {
-            Err("incomplete")
+            Err(reject(0, "incomplete"))
         }
     }
 
@@ -246,5 +292,21 @@ mod tests {
             run(Body::Chunked, &many, 64),
             Err("trailer section too large")
         );
+    }
+
+    #[test]
+    fn the_body_limit_counts_decoded_bytes() {
+        let status = |body, max, input: &[u8]| limited(body, max, input, 3).map_err(|r| r.status);
+        // Exactly at the limit: served, whatever the chunk framing adds.
+        assert_eq!(status(Body::Length(5), 5, b"hello"), Ok(vec![]));
+        let chunked = b"2\r\nhe\r\n3;x=y\r\nllo\r\n0\r\nT: v\r\n\r\n";
+        assert_eq!(status(Body::Chunked, 5, chunked), Ok(vec![]));
+        // One byte over: 413, for a length before any byte, for chunks at the size line.
+        assert_eq!(status(Body::Length(6), 5, b""), Err(413));
+        assert_eq!(status(Body::Chunked, 4, b"2\r\nhe\r\n3\r\n"), Err(413));
+        assert_eq!(status(Body::Chunked, 4, b"ffffffffffffffff\r\n"), Err(413));
+        // No limit; malformed framing stays 400 under a limit.
+        assert_eq!(status(Body::Length(u64::MAX), 0, b"").map(|_| ()), Err(0));
+        assert_eq!(status(Body::Chunked, 4, b"2\r\nhe\n"), Err(400));
     }
 }

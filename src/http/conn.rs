@@ -1,5 +1,6 @@
 //! One HTTP/1.1 connection: moves bytes between the socket and its [`Session`], never blocking,
-//! and keeps the clocks (header, body, keep-alive and send timeouts, lingering close).
+//! and keeps the clocks (header, body pause, whole body, keep-alive and send timeouts,
+//! lingering close).
 
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
@@ -32,6 +33,9 @@ pub struct HttpConn {
     /// The phase the timeout is measured for, and since when.
     phase: Phase,
     since: Instant,
+    /// When the body being read started (the event that completed its head): the whole-body
+    /// deadline runs from here, however steadily the body moves.
+    body_since: Instant,
     /// Requests answered when the clock was last looked at: a request answered within one
     /// event (Idle -> Idle) restarts the keep-alive clock.
     answered: u64,
@@ -60,6 +64,7 @@ impl HttpConn {
             lingering: None,
             phase: Phase::Idle,
             since: now,
+            body_since: now,
             answered: 0,
             read_some: false,
             wrote_some: false,
@@ -130,7 +135,8 @@ impl HttpConn {
 
     /// Restarts the clock when the phase changes, when a request was answered, and while a
     /// body or a response moves. The header clock of a new connection runs from the accept,
-    /// not from the first byte.
+    /// not from the first byte. The whole-body clock starts with each body: on entering the
+    /// body phase, or staying in it past an answered request (a pipelined one's body).
     fn track(&mut self, now: Instant) {
         let phase = self.session.phase();
         let answered = self.session.requests();
@@ -142,6 +148,9 @@ impl HttpConn {
         };
         if (phase != self.phase && !first_head) || answered != self.answered || moving {
             self.since = now;
+        }
+        if phase == Phase::Body && (self.phase != Phase::Body || answered != self.answered) {
+            self.body_since = now;
         }
         self.phase = phase;
         self.answered = answered;
@@ -209,7 +218,15 @@ impl Connection for HttpConn {
             Phase::Idle if self.session.requests() > 0 => limits.keepalive_timeout,
             Phase::Idle | Phase::Head | Phase::Body => limits.header_timeout,
         };
-        Some(self.since + limit)
+        let whole_body = match self.phase {
+            Phase::Body => self.body_since.checked_add(limits.body_timeout),
+            Phase::Idle | Phase::Head | Phase::Output => None,
+        };
+        // A timeout too far off for an `Instant` is no timeout (not a panic).
+        [self.since.checked_add(limit), whole_body]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     fn timed_out(&mut self, ctx: &mut Context) -> Status {

@@ -6,11 +6,17 @@
 //! close; no client byte can panic the worker. The exact rules are in [`request`] (heads) and
 //! [`body`] (bodies); [`Session`] is the socket-free state machine, [`HttpConn`] its socket.
 //!
+//! Sizes: a head larger than `max_head` bytes or with more than `max_headers` header lines is
+//! answered `431` (`414` for a request line alone too long); a body larger than `max_body` is
+//! answered `413` (at once for a `Content-Length` beyond it, at the chunk-size line that takes a
+//! chunked body past it). Every refusal closes the connection after its answer.
+//!
 //! Timeouts, all checked by the worker's sweep: a new connection must send a complete head
 //! within `header_timeout` of being accepted, a later request within `header_timeout` of its
-//! first byte; a body may pause at most `header_timeout` between reads; an idle keep-alive
-//! connection is closed after `keepalive_timeout`; a response that makes no progress for 60 s is
-//! abandoned. An incomplete head or body at its deadline is answered `408`.
+//! first byte; a body may pause at most `header_timeout` between reads, and must be complete
+//! within `body_timeout` of the end of its head; an idle keep-alive connection is closed after
+//! `keepalive_timeout`; a response that makes no progress for 60 s is abandoned. An incomplete
+//! head or body at its deadline is answered `408`.
 
 pub mod body;
 mod conn;
@@ -36,10 +42,22 @@ pub struct Limits {
     /// Largest request head (request line and headers); larger is answered `431` (`414` when
     /// the request line alone does not fit). Also bounds a chunked body's trailer section.
     pub max_head: usize,
+    /// Most header lines in one request head; more is answered `431`. Heads of up to 64
+    /// header lines are parsed on the stack; a larger cap costs a heap allocation only for
+    /// the requests that have more (sized by the lines they actually hold).
+    pub max_headers: usize,
+    /// Largest request body in bytes, counted as decoded body bytes (chunk framing excluded);
+    /// larger is answered `413` and the connection closed. A `Content-Length` beyond it is
+    /// refused before any body byte is read, a chunked body as soon as a chunk-size line takes
+    /// its total past it. `0`: no limit (as nginx's `client_max_body_size 0`).
+    pub max_body: u64,
     /// Time allowed to send a complete request head (slowloris guard): from the accept for a
     /// connection's first request, from the first byte for later ones. Also the longest pause
     /// allowed inside a request body. Then `408` and close.
     pub header_timeout: Duration,
+    /// Time a whole request body may take, from the end of its head, however steadily it
+    /// moves (an endless slow upload is cut off). Then `408` and close.
+    pub body_timeout: Duration,
     /// Time an idle keep-alive connection is kept open.
     pub keepalive_timeout: Duration,
     /// Requests served on one connection before it is closed (0: no limit).
@@ -50,7 +68,10 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_head: 8 * 1024,
+            max_headers: request::DEFAULT_MAX_HEADERS,
+            max_body: 1024 * 1024,
             header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(60),
             keepalive_timeout: Duration::from_secs(5),
             max_requests: 0,
         }

@@ -20,7 +20,10 @@
 //!   and never together with `Content-Length` (all `400`): no request smuggling.
 //! - `Expect: 100-continue` is honoured in HTTP/1.1 and ignored in HTTP/1.0; any other
 //!   expectation is `417`.
-//! - A head larger than the limit is `431`, or `414` when the request line alone is too long.
+//! - A head larger than the limit is `431`, or `414` when the request line alone is too long;
+//!   a head with more header lines than its cap (`max_headers`) is `431`.
+
+use std::mem::MaybeUninit;
 
 /// How the request's body is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,12 +73,19 @@ pub struct Reject {
     pub why: &'static str,
 }
 
-const fn reject(status: u16, why: &'static str) -> Reject {
+pub(super) const fn reject(status: u16, why: &'static str) -> Reject {
     Reject { status, why }
 }
 
-/// Most header lines accepted in one request.
-pub const MAX_HEADERS: usize = 64;
+/// Default cap on the header lines of one request (`Limits::max_headers`): browsers send 10 to
+/// 20, nginx accepts any number that fits its buffers.
+pub const DEFAULT_MAX_HEADERS: usize = 100;
+
+/// Header lines parsed into an array on the stack; a cap above it falls back to the heap for
+/// the requests that need more, so the common request pays nothing for a large cap.
+const STACK_HEADERS: usize = 64;
+
+const TOO_MANY_HEADERS: Reject = reject(431, "too many headers");
 
 /// The refusal for a head that does not fit in `max_head` bytes: `414` when the request line
 /// alone does not fit, `431` otherwise.
@@ -217,16 +227,39 @@ fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
         .flatten()
 }
 
-/// Parses a head from the start of `buf`. `Ok(None)`: not complete yet.
+/// Parses a head from the start of `buf`, with at most `max_headers` header lines (more:
+/// `431`). `Ok(None)`: not complete yet.
 ///
 /// The caller enforces the size limit (see [`too_large`]).
-pub fn parse(buf: &[u8]) -> Result<Option<Head>, Reject> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    let len = match req.parse(buf) {
+pub fn parse(buf: &[u8], max_headers: usize) -> Result<Option<Head>, Reject> {
+    let mut stack = [MaybeUninit::uninit(); STACK_HEADERS];
+    let small = stack
+        .get_mut(..max_headers.min(STACK_HEADERS))
+        .unwrap_or_default();
+    match parse_into(buf, small) {
+        Err(r) if r == TOO_MANY_HEADERS && max_headers > STACK_HEADERS => {
+            // Each header takes a line of its own: the lines in `buf` bound what can be needed,
+            // so a huge cap never means a huge allocation.
+            let lines = buf.iter().filter(|&&b| b == b'\n').count();
+            let cap = max_headers.min(lines);
+            let mut heap = Vec::with_capacity(cap);
+            let spare = heap.spare_capacity_mut().get_mut(..cap).unwrap_or_default();
+            parse_into(buf, spare)
+        }
+        parsed => parsed,
+    }
+}
+
+/// [`parse`] with room for `headers.len()` header lines.
+fn parse_into<'b>(
+    buf: &'b [u8],
+    headers: &mut [MaybeUninit<httparse::Header<'b>>],
+) -> Result<Option<Head>, Reject> {
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(buf, headers) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => return Err(reject(431, "too many headers")),
+        Err(httparse::Error::TooManyHeaders) => return Err(TOO_MANY_HEADERS),
         Err(httparse::Error::Version) if other_http_version(buf) => {
             return Err(reject(505, "unsupported version"))
         }
@@ -265,7 +298,7 @@ mod tests {
     use super::*;
 
     fn status(raw: &str) -> u16 {
-        match parse(raw.as_bytes()) {
+        match parse(raw.as_bytes(), DEFAULT_MAX_HEADERS) {
             Ok(Some(_)) => 200,
             Ok(None) => 0,
             Err(r) => r.status,
@@ -273,7 +306,7 @@ mod tests {
     }
 
     fn head(raw: &str) -> Head {
-        match parse(raw.as_bytes()) {
+        match parse(raw.as_bytes(), DEFAULT_MAX_HEADERS) {
             Ok(Some(h)) => h,
             other => panic!("{raw:?}: {other:?}"),
         }
@@ -363,6 +396,35 @@ mod tests {
         assert_eq!(h.body, Body::Length(7));
         assert!(head("POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-Continue\r\n\r\n").expect_continue);
         assert!(!head("POST / HTTP/1.0\r\nExpect: 100-continue\r\n\r\n").expect_continue);
+    }
+
+    #[test]
+    fn header_line_cap_on_the_stack_and_the_heap() {
+        let raw = |lines: usize| {
+            let fields: String = (1..lines).map(|i| format!("X-{i}: v\r\n")).collect();
+            format!("GET / HTTP/1.1\r\nHost: a\r\n{fields}\r\n")
+        };
+        let status = |lines: usize, cap: usize| match parse(raw(lines).as_bytes(), cap) {
+            Ok(Some(_)) => 200,
+            Ok(None) => 0,
+            Err(r) => r.status,
+        };
+        for (lines, cap, want) in [
+            (3, 3, 200),
+            (4, 3, 431),
+            (STACK_HEADERS, STACK_HEADERS, 200),
+            (STACK_HEADERS + 1, STACK_HEADERS, 431),
+            (STACK_HEADERS + 1, DEFAULT_MAX_HEADERS, 200),
+            (DEFAULT_MAX_HEADERS, DEFAULT_MAX_HEADERS, 200),
+            (DEFAULT_MAX_HEADERS + 1, DEFAULT_MAX_HEADERS, 431),
+            (500, usize::MAX, 200),
+        ] {
+            assert_eq!(status(lines, cap), want, "{lines} lines, cap {cap}");
+        }
+        // An incomplete head past the stack array is still just incomplete.
+        let partial = raw(80);
+        let partial = partial.get(..partial.len() - 20).unwrap_or_default();
+        assert_eq!(parse(partial.as_bytes(), DEFAULT_MAX_HEADERS), Ok(None));
     }
 
     #[test]

@@ -102,7 +102,7 @@ impl Session {
             opos: 0,
             streaming: 0,
             pending: None,
-            body: Decoder::Done,
+            body: Decoder::default(),
             closing: None,
             requests: 0,
         }
@@ -150,8 +150,8 @@ impl Session {
                 let rest = self.input.get(self.ipos..).unwrap_or_default();
                 match self.body.decode(rest, self.limits.max_head) {
                     Ok(n) => self.ipos += n,
-                    Err(why) => {
-                        self.reject(400, why);
+                    Err(r) => {
+                        self.reject(r.status, r.why);
                         break;
                     }
                 }
@@ -178,7 +178,7 @@ impl Session {
     fn parse_head(&self) -> Result<Option<Head>, Reject> {
         let buf = self.unread();
         let max = self.limits.max_head;
-        match request::parse(buf)? {
+        match request::parse(buf, self.limits.max_headers)? {
             Some(head) if head.len > max => Err(request::too_large(buf, max)),
             None if buf.len() > max => Err(request::too_large(buf, max)),
             parsed => Ok(parsed),
@@ -187,7 +187,12 @@ impl Session {
 
     fn start(&mut self, head: Head) {
         self.ipos += head.len;
-        self.body = Decoder::new(head.body);
+        self.body = match Decoder::new(head.body, self.limits.max_body) {
+            Ok(d) => d,
+            // A `Content-Length` beyond the limit: refused before any body byte is read (and
+            // without a `100 Continue`).
+            Err(r) => return self.reject(r.status, r.why),
+        };
         if head.expect_continue && !self.body.is_done() {
             self.out.extend_from_slice(response::CONTINUE);
         }
@@ -229,7 +234,7 @@ impl Session {
         self.input.clear();
         self.ipos = 0;
         self.pending = None;
-        self.body = Decoder::Done;
+        self.body = Decoder::default();
         if self.streaming > 0 {
             // A body is being produced; a status line cannot go in the middle of it.
             return;
@@ -375,6 +380,31 @@ mod tests {
             ["431"]
         );
         assert_eq!(statuses(&run(big_head.as_bytes(), 3, limits).0), ["431"]);
+    }
+
+    #[test]
+    fn bodies_past_the_limit_get_413_and_nothing_else() {
+        let limits = Limits {
+            max_body: 4,
+            ..Limits::default()
+        };
+        let next = "GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        for input in [
+            format!("GET / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n{next}"),
+            format!("GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n1\r\n{next}"),
+        ] {
+            for step in [1, input.len()] {
+                let (out, s) = run(input.as_bytes(), step, limits.clone());
+                assert_eq!(statuses(&out), ["413"], "{input:?} by {step}");
+                assert!(out.contains("Connection: close\r\n"));
+                assert_eq!(s.closing(), Some(Closing::Refused));
+            }
+        }
+        let at_limit = format!("GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\nabcd{next}");
+        assert_eq!(
+            statuses(&run(at_limit.as_bytes(), 3, limits).0),
+            ["200", "200"]
+        );
     }
 
     #[test]
