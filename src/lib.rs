@@ -66,6 +66,15 @@ pub const DEFAULT_HANDOFF_WINDOW: usize = 64;
 /// Default bound on accepted connections waiting for a worker.
 pub const DEFAULT_MAX_PENDING: usize = 4096;
 
+/// `now + d`, or a time centuries away when that cannot be represented: a timeout too large
+/// for the clock means no timeout, never a panic.
+pub(crate) fn deadline_after(d: Duration) -> std::time::Instant {
+    let now = std::time::Instant::now();
+    now.checked_add(d)
+        .or_else(|| now.checked_add(Duration::from_secs(1 << 32)))
+        .unwrap_or(now)
+}
+
 /// True when this process was started by a herd primary (`cluster.isWorker`).
 pub fn is_worker() -> bool {
     worker::worker_id().is_some()

@@ -145,7 +145,13 @@ fn a_malformed_packet_gets_the_worker_replaced() {
         let mut pids: Vec<String> = server
             .log_lines("sent a malformed message")
             .iter()
-            .filter_map(|l| l.split("worker ").nth(1)?.split(' ').next().map(String::from))
+            .filter_map(|l| {
+                l.split("worker ")
+                    .nth(1)?
+                    .split(' ')
+                    .next()
+                    .map(String::from)
+            })
             .collect();
         pids.dedup();
         (pids.len() >= 2).then_some(pids)
@@ -154,7 +160,10 @@ fn a_malformed_packet_gets_the_worker_replaced() {
     server.signal(Signal::SIGTERM);
     let start = Instant::now();
     assert!(server.wait_exit(DEADLINE).success());
-    assert!(start.elapsed() < Duration::from_secs(10), "no wait for the 30 s timeout");
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "no wait for the 30 s timeout"
+    );
 }
 
 /// A worker whose primary was killed finishes within the shutdown timeout, even while a client

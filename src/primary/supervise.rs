@@ -185,7 +185,7 @@ impl Primary {
             "shutting down: draining workers (timeout {:?})",
             self.config.shutdown_timeout
         );
-        self.phase.shutdown_deadline = Some(Instant::now() + self.config.shutdown_timeout);
+        self.phase.shutdown_deadline = Some(crate::deadline_after(self.config.shutdown_timeout));
         self.phase.reload = None;
         self.acceptor.close(self.poll.registry());
         self.listeners_for_workers.clear();

@@ -352,7 +352,7 @@ impl<H: Handler> Runtime<H> {
                 std::process::id(),
                 self.orphan_grace
             );
-            self.orphan_deadline = Some(Instant::now() + self.orphan_grace);
+            self.orphan_deadline = Some(crate::deadline_after(self.orphan_grace));
         }
         self.start_drain();
     }
