@@ -65,6 +65,8 @@ pub use worker::{worker_id, Connection, Context, Handler, Status, WorkerError};
 pub const DEFAULT_HANDOFF_WINDOW: usize = 64;
 /// Default bound on accepted connections waiting for a worker.
 pub const DEFAULT_MAX_PENDING: usize = 4096;
+/// Default time a worker may leave its channel unread before it is marked unresponsive.
+pub const DEFAULT_WORKER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// `now + d`, or a time centuries away when that cannot be represented: a timeout too large
 /// for the clock means no timeout, never a panic.
@@ -113,6 +115,7 @@ pub struct Cluster {
     shutdown_timeout: Duration,
     handoff_window: usize,
     max_pending: usize,
+    worker_timeout: Duration,
     defer_accept: Option<Duration>,
     max_connections: usize,
     args: Option<Vec<OsString>>,
@@ -136,6 +139,7 @@ impl Cluster {
             shutdown_timeout: Duration::from_secs(30),
             handoff_window: DEFAULT_HANDOFF_WINDOW,
             max_pending: DEFAULT_MAX_PENDING,
+            worker_timeout: DEFAULT_WORKER_TIMEOUT,
             defer_accept: None,
             max_connections: 0,
             args: None,
@@ -183,6 +187,14 @@ impl Cluster {
     /// Accepted connections that may wait for a worker before the primary stops accepting.
     pub fn max_pending(mut self, n: usize) -> Self {
         self.max_pending = n;
+        self
+    }
+
+    /// A worker that leaves what it was sent unread this long (stopped, deadlocked, stuck in a
+    /// handler) is marked unresponsive: it gets no new connections, and the ones it never read
+    /// go to the others. After six times as long it is killed and replaced. Default 5 s.
+    pub fn worker_timeout(mut self, d: Duration) -> Self {
+        self.worker_timeout = d;
         self
     }
 
@@ -315,6 +327,7 @@ impl Cluster {
             shutdown_timeout: self.shutdown_timeout,
             handoff_window: self.handoff_window,
             max_pending: self.max_pending.max(1),
+            worker_timeout: self.worker_timeout.max(Duration::from_millis(1)),
             defer_accept: self.defer_accept,
             spawner,
         };

@@ -64,6 +64,10 @@ struct ServeArgs {
     /// Connections a worker may hold unacked (1: Node's behaviour)
     #[arg(long, env = "HERD_HANDOFF_WINDOW", default_value_t = herd::DEFAULT_HANDOFF_WINDOW as u32, value_parser = clap::value_parser!(u32).range(1..))]
     handoff_window: u32,
+    /// A worker that leaves its channel unread this long gets nothing new and what it never read
+    /// goes to the others; after 6 times as long it is killed and replaced
+    #[arg(long, default_value = "5s", value_parser = positive_duration)]
+    worker_timeout: Duration,
     /// Accepted connections waiting for a worker before the primary stops accepting
     #[arg(long, default_value_t = herd::DEFAULT_MAX_PENDING as u32, value_parser = clap::value_parser!(u32).range(1..))]
     max_pending: u32,
@@ -124,6 +128,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         .handoff_window(args.handoff_window as usize)
         .max_connections(args.max_connections)
         .max_pending(args.max_pending as usize)
+        .worker_timeout(args.worker_timeout)
         .defer_accept(Some(args.header_timeout));
     if let Some(n) = args.workers {
         cluster = cluster.workers(n as usize);

@@ -98,6 +98,19 @@ pub fn set_defer_accept(listener: BorrowedFd<'_>, seconds: i32) -> io::Result<()
     }
 }
 
+/// Bytes sent on this socket that the peer has not read yet (`SIOCOUTQ`): for a Unix socket
+/// pair, what waits in the peer's receive queue.
+pub fn unread_by_peer(fd: BorrowedFd<'_>) -> io::Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ (TIOCOUTQ's number) writes one int into `n`, which lives for the call;
+    // the descriptor is borrowed, so open.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
+    if rc == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(usize::try_from(n).unwrap_or(0))
+}
+
 /// What one `recvmsg` brought.
 #[derive(Debug)]
 pub struct Received {

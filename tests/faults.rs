@@ -187,3 +187,37 @@ fn an_orphaned_worker_exits_within_the_shutdown_timeout() {
         start.elapsed()
     );
 }
+
+/// A hung worker (SIGSTOP here; a deadlock or an endless handler alike) swallowed up to a
+/// window of new connections and nothing noticed. Now: what it never read goes to the other
+/// worker after --worker-timeout, SIGUSR2 still answers and marks it, and after six timeouts
+/// it is killed and replaced.
+#[test]
+fn a_frozen_worker_is_routed_around_then_replaced() {
+    let mut server = Server::start(&["--workers", "2", "--worker-timeout", "1s"]);
+    let first = server.workers();
+    let frozen = first[0];
+    send_signal(frozen, Signal::SIGSTOP).expect("freeze a worker");
+    for i in 0..20 {
+        let r = get(server.addr(), "/")
+            .unwrap_or_else(|e| panic!("request {i} was swallowed: {e}\n{}", server.log_text()));
+        assert_eq!(r.status, 200);
+        assert_ne!(r.pid(), frozen, "the frozen worker cannot have answered");
+    }
+    server.wait_log("marked unresponsive", DEADLINE);
+    server.signal(Signal::SIGUSR2);
+    let row = server.wait_log("unresponsive", DEADLINE);
+    let marked = wait_for("the table's row for the frozen worker", DEADLINE, || {
+        server
+            .log_lines(&format!(" {frozen} "))
+            .into_iter()
+            .find(|l| l.trim_end().ends_with("unresponsive"))
+    });
+    assert!(!marked.is_empty(), "{row}");
+    server.wait_log(&format!("killing worker {frozen}"), DEADLINE);
+    wait_for("the frozen worker's replacement", DEADLINE, || {
+        let now = server.workers();
+        (now.len() == 2 && !now.contains(&frozen)).then_some(())
+    });
+    assert_eq!(get(server.addr(), "/").expect("served").status, 200);
+}

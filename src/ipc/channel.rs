@@ -126,6 +126,18 @@ impl Channel {
             .is_some_and(|r| r.contains(PollFlags::POLLHUP)))
     }
 
+    /// Bytes sent from this end that the peer has not read yet.
+    pub fn unread_by_peer(&self) -> io::Result<usize> {
+        sys::unread_by_peer(self.fd.as_fd())
+    }
+
+    /// A second handle on this end (close-on-exec), for reading what the peer left unread.
+    pub fn try_clone(&self) -> io::Result<Channel> {
+        Ok(Channel {
+            fd: self.fd.try_clone()?,
+        })
+    }
+
     /// The raw descriptor.
     pub fn raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()

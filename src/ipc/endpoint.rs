@@ -99,6 +99,14 @@ impl<Tx: Outgoing, Rx: Incoming> Endpoint<Tx, Rx> {
         taken.into()
     }
 
+    /// Puts messages back at the front of the queue, in the order given (they were read back
+    /// from a peer that never took them, and are sent again first).
+    pub fn requeue_front(&mut self, envelopes: Vec<Envelope<Tx>>) {
+        for e in envelopes.into_iter().rev() {
+            self.queue.push_front(e);
+        }
+    }
+
     /// Sends queued messages until the socket is full or the queue is empty, handing each sent
     /// envelope to `sent` (which may keep its descriptors). Turns writable interest on while
     /// something still waits, off once nothing does.

@@ -1,6 +1,11 @@
 //! The primary's end of one worker's channel, with the connections handed over and not yet
 //! acknowledged: the primary keeps its copy of each socket until the worker's ack, so a worker
 //! that dies (or refuses) first loses nothing: [`WorkerLink::reclaim`] gives them back.
+//!
+//! The link also holds a second handle on the *worker's* end of the channel. With it the
+//! primary can read back what a frozen worker never read ([`WorkerLink::read_back`]): each
+//! packet is received by one reader only, so a connection either reached the worker or comes
+//! back, never both.
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
@@ -16,6 +21,8 @@ use super::{Channel, IpcError};
 #[derive(Debug)]
 pub struct WorkerLink {
     endpoint: Endpoint<ToWorker, ToPrimary>,
+    /// The worker's end, to read back what it left unread.
+    worker_end: Option<Endpoint<ToPrimary, ToWorker>>,
     /// Connections sent and not yet acked: the primary's copies.
     in_flight: HashMap<ConnId, OwnedFd>,
     /// Connections queued and not yet sent.
@@ -23,10 +30,12 @@ pub struct WorkerLink {
 }
 
 impl WorkerLink {
-    /// Wraps the primary's end of a fresh channel.
-    pub fn new(channel: Channel) -> WorkerLink {
+    /// Wraps the primary's end of a fresh channel; `worker_end`, a handle on the other end,
+    /// makes [`WorkerLink::read_back`] possible.
+    pub fn new(channel: Channel, worker_end: Option<Channel>) -> WorkerLink {
         WorkerLink {
             endpoint: Endpoint::new(channel),
+            worker_end: worker_end.map(Endpoint::new),
             in_flight: HashMap::new(),
             queued_conns: 0,
         }
@@ -120,6 +129,46 @@ impl WorkerLink {
         back
     }
 
+    /// Reads back every packet the worker has not read: their connections are returned (in id
+    /// order, for another worker); any other message is queued again, first, in its order, so
+    /// it still reaches the worker if it wakes up.
+    pub fn read_back(&mut self) -> Vec<(ConnId, OwnedFd)> {
+        let Some(peer) = self.worker_end.as_mut() else {
+            return Vec::new();
+        };
+        let mut back = Vec::new();
+        let mut again = Vec::new();
+        loop {
+            match peer.recv() {
+                Ok(Some(d)) => match d.msg {
+                    ToWorker::Conn { ids } => {
+                        for (id, fd) in ids.into_iter().zip(d.fds) {
+                            back.push((id, fd));
+                        }
+                    }
+                    msg => again.push(super::Envelope { msg, fds: d.fds }),
+                },
+                Ok(None) => break,
+                Err(e) => {
+                    log::error!("reading back a worker's channel: {e}");
+                    break;
+                }
+            }
+        }
+        // They are no longer in flight: drop the primary's other copies.
+        for (id, _) in &back {
+            self.in_flight.remove(id);
+        }
+        self.endpoint.requeue_front(again);
+        back.sort_by_key(|(id, _)| *id);
+        back
+    }
+
+    /// Bytes sent that the worker has not read yet.
+    pub fn unread(&self) -> usize {
+        self.endpoint.channel().unread_by_peer().unwrap_or(0)
+    }
+
     /// The channel underneath.
     pub fn channel(&self) -> &Channel {
         self.endpoint.channel()
@@ -157,7 +206,7 @@ mod tests {
     #[test]
     fn unacked_connections_come_back_in_order() {
         let (a, _b) = Channel::pair().unwrap();
-        let mut link = WorkerLink::new(a);
+        let mut link = WorkerLink::new(a, None);
         let poll = mio::Poll::new().unwrap();
         for i in [3, 1, 2] {
             link.hand(ConnId(i), sock());
@@ -174,7 +223,7 @@ mod tests {
     #[test]
     fn unsend_keeps_messages_and_refused_returns_sockets() {
         let (a, _b) = Channel::pair().unwrap();
-        let mut link = WorkerLink::new(a);
+        let mut link = WorkerLink::new(a, None);
         let poll = mio::Poll::new().unwrap();
         link.hand(ConnId(1), sock());
         link.flush(poll.registry()).unwrap();
@@ -185,5 +234,36 @@ mod tests {
         assert!(!link.is_idle(), "the disconnect still waits");
         assert_eq!(link.refused(&[ConnId(1)]).len(), 1);
         assert_eq!(link.unacked(), 0);
+    }
+
+    #[test]
+    fn what_a_frozen_worker_never_read_comes_back_once() {
+        let (a, b) = Channel::pair().unwrap();
+        let mut link = WorkerLink::new(a, Some(b.try_clone().unwrap()));
+        let mut worker: Endpoint<ToPrimary, ToWorker> = Endpoint::new(b);
+        let poll = mio::Poll::new().unwrap();
+        link.hand(ConnId(1), sock());
+        link.flush(poll.registry()).unwrap();
+        // The worker reads the first packet, then freezes.
+        assert!(worker.recv().unwrap().is_some());
+        link.send(ToWorker::Message(b"hi".to_vec()));
+        link.hand(ConnId(2), sock());
+        link.hand(ConnId(3), sock());
+        link.flush(poll.registry()).unwrap();
+        assert!(link.unread() > 0);
+        let back: Vec<_> = link.read_back().into_iter().map(|(id, _)| id.0).collect();
+        assert_eq!(back, [2, 3], "only what the worker never read");
+        assert_eq!(link.unread(), 0);
+        assert_eq!(
+            link.unacked(),
+            1,
+            "#1 is the worker's: still awaiting its ack"
+        );
+        link.flush(poll.registry()).unwrap();
+        assert_eq!(
+            worker.recv().unwrap().unwrap().msg,
+            ToWorker::Message(b"hi".to_vec()),
+            "the message goes out again"
+        );
     }
 }

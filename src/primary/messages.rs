@@ -59,6 +59,7 @@ impl Primary {
         let Some(p) = self.workers.get_mut(key) else {
             return;
         };
+        p.watch.last_heard = Some(Instant::now());
         match msg {
             ToPrimary::Ack(ids) => {
                 // Dropping our copies closes them: the worker has its own now.

@@ -8,6 +8,7 @@
 //! - `messages`: what workers say on their channels, and what is sent to them;
 //! - `supervise`: spawning, reaping, restarting with backoff, disconnecting, shutdown;
 //! - `reload`: the rolling reload on `SIGHUP`;
+//! - `watchdog`: workers that leave their channel unread (`--worker-timeout`);
 //! - `report`: the statistics table (`SIGUSR2`, and at exit);
 //! - `control`: what user code asks through [`Control`], and the events it is told;
 //! - `workers`: the worker table; `spawn`: how a worker process is started.
@@ -21,6 +22,7 @@ mod reload;
 mod report;
 mod spawn;
 mod supervise;
+mod watchdog;
 mod workers;
 
 use std::io;
@@ -57,6 +59,9 @@ pub struct Config {
     pub handoff_window: usize,
     /// Accepted connections waiting for a worker before the primary stops accepting.
     pub max_pending: usize,
+    /// A worker that leaves its channel unread this long gets nothing new (and what it never
+    /// read goes to the others); after six times as long it is killed and replaced.
+    pub worker_timeout: Duration,
     /// Accept a connection only once the client has sent data, waiting at most about this
     /// long (`TCP_DEFER_ACCEPT`).
     pub defer_accept: Option<Duration>,
@@ -83,8 +88,11 @@ struct Phase {
     /// A graceful shutdown is running; workers are killed at this time.
     shutdown_deadline: Option<Instant>,
     reload: Option<reload::Reload>,
-    /// A statistics table was asked for and is not printed yet.
-    stats_wanted: bool,
+    /// A statistics table was asked for and is not printed yet: it is printed once every
+    /// worker answered, or at this time with what came.
+    stats_wanted: Option<Instant>,
+    /// When the watchdog last looked.
+    last_watch: Option<Instant>,
 }
 
 /// The primary process's state.
@@ -240,6 +248,8 @@ impl Primary {
         let reload = self.phase.reload.as_ref().and_then(|r| r.deadline());
         respawns
             .chain(cooling)
+            .chain(self.next_watch())
+            .chain(self.phase.stats_wanted)
             .chain(self.phase.shutdown_deadline)
             .chain(reload)
             .chain(self.acceptor.retry_at())
@@ -260,6 +270,10 @@ impl Primary {
             self.dispatch();
         }
         self.step_reload(now);
+        self.watch(now);
+        if self.phase.stats_wanted.is_some_and(|t| t <= now) {
+            self.print_report();
+        }
         if self.phase.shutdown_deadline.is_some_and(|d| d <= now) {
             self.kill_all("the shutdown timeout passed");
         }

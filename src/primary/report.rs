@@ -2,6 +2,7 @@
 //! have all answered, and printed at shutdown.
 
 use std::fmt::Write;
+use std::time::{Duration, Instant};
 
 use super::workers::Workers;
 use super::Primary;
@@ -25,6 +26,9 @@ pub struct Row {
     pub requests: u64,
     /// Times the slot's worker was replaced after an unexpected exit.
     pub restarts: u32,
+    /// What is wrong with the current worker, if anything: `unresponsive` (the watchdog
+    /// marked it), `no answer` (its counters are older than this request).
+    pub note: &'static str,
 }
 
 /// Collects one row per slot. `primary_counts`: workers report closes to the primary (the
@@ -47,6 +51,13 @@ pub fn rows(workers: &Workers, primary_counts: bool) -> Vec<Row> {
             for (key, p) in workers.procs().filter(|(_, p)| p.slot.0 == s.id.index()) {
                 if s.current == Some(key) {
                     row.pid = p.pid;
+                    row.note = if p.watch.unresponsive() {
+                        "unresponsive"
+                    } else if !p.stats_fresh {
+                        "no answer"
+                    } else {
+                        ""
+                    };
                 }
                 row.handed += p.handed;
                 row.connections += p.stats.connections;
@@ -72,11 +83,15 @@ pub fn table(workers: &Workers, policy: Policy) -> String {
     );
     let mut total = Row::default();
     for r in &rows {
-        let _ = writeln!(
+        let _ = write!(
             out,
             "{:>6} {:>8} {:>10} {:>12} {:>6} {:>10} {:>8}",
             r.id, r.pid, r.handed, r.connections, r.open, r.requests, r.restarts
         );
+        if !r.note.is_empty() {
+            let _ = write!(out, "  {}", r.note);
+        }
+        out.push('\n');
         total.handed += r.handed;
         total.connections += r.connections;
         total.open += r.open;
@@ -91,10 +106,13 @@ pub fn table(workers: &Workers, policy: Policy) -> String {
     out
 }
 
+/// How long a statistics request waits for slow workers before printing what it has.
+const STATS_PATIENCE: Duration = Duration::from_secs(1);
+
 impl Primary {
     /// `SIGUSR2`: asks every worker for its counters; the table is printed once all answered.
     pub(super) fn request_stats(&mut self) {
-        self.phase.stats_wanted = true;
+        self.phase.stats_wanted = Some(Instant::now() + STATS_PATIENCE);
         for key in self.workers.keys() {
             let Some(p) = self.workers.get_mut(key) else {
                 continue;
@@ -108,18 +126,24 @@ impl Primary {
         self.report_if_complete();
     }
 
-    /// Prints the table if one was asked for and every live worker has answered.
+    /// Prints the table if one was asked for and every live, responsive worker has answered.
     pub(super) fn report_if_complete(&mut self) {
-        if !self.phase.stats_wanted {
+        if self.phase.stats_wanted.is_none() {
             return;
         }
         let waiting = self
             .workers
             .procs()
-            .any(|(_, p)| !p.channel_closed && !p.stats_fresh);
+            .any(|(_, p)| !p.channel_closed && !p.stats_fresh && !p.watch.unresponsive());
         if !waiting {
-            self.phase.stats_wanted = false;
-            log::info!("{}", table(&self.workers, self.config.policy));
+            self.print_report();
         }
+    }
+
+    /// Prints the table with what the workers last said (a row whose worker did not answer
+    /// says so).
+    pub(super) fn print_report(&mut self) {
+        self.phase.stats_wanted = None;
+        log::info!("{}", table(&self.workers, self.config.policy));
     }
 }

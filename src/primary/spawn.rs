@@ -28,10 +28,12 @@ pub struct Spawner {
 }
 
 impl Spawner {
-    /// Starts worker `id` with its end of a fresh channel; returns the child and the primary's
-    /// end.
-    pub fn spawn(&self, id: WorkerId) -> io::Result<(Child, Channel)> {
+    /// Starts worker `id` with its end of a fresh channel; returns the child, the primary's
+    /// end, and a second handle on the worker's end (close-on-exec, so only this worker has
+    /// it) for reading back what the worker leaves unread.
+    pub fn spawn(&self, id: WorkerId) -> io::Result<(Child, Channel, Channel)> {
         let (mine, theirs) = Channel::pair()?;
+        let worker_end = theirs.try_clone()?;
         let fd = theirs.raw_fd();
         let mut cmd = Command::new(&self.exe);
         cmd.args(&self.args)
@@ -48,6 +50,6 @@ impl Spawner {
         crate::sys::keep_open_across_exec(&mut cmd, fd);
         let child = cmd.spawn()?;
         drop(theirs);
-        Ok((child, mine))
+        Ok((child, mine, worker_end))
     }
 }

@@ -23,7 +23,7 @@ impl Primary {
         let slot = self.workers.slot_mut(i);
         slot.respawn_at = None;
         let id = slot.id;
-        let (child, channel) = match self.config.spawner.spawn(id) {
+        let (child, channel, worker_end) = match self.config.spawner.spawn(id) {
             Ok(x) => x,
             Err(e) => {
                 let has_live = slot.current.is_some();
@@ -38,9 +38,11 @@ impl Primary {
                 return None;
             }
         };
-        let key = self
-            .workers
-            .insert(Proc::new(child, WorkerLink::new(channel), i));
+        let key = self.workers.insert(Proc::new(
+            child,
+            WorkerLink::new(channel, Some(worker_end)),
+            i,
+        ));
         let registry = self.poll.registry();
         let p = self.workers.get_mut(key)?;
         let pid = p.pid;

@@ -74,6 +74,8 @@ pub struct Proc {
     pub stats_fresh: bool,
     /// It refused connections (out of descriptors): none until then.
     pub cool_until: Option<Instant>,
+    /// What the watchdog knows of it.
+    pub watch: super::watchdog::Watch,
 }
 
 impl Proc {
@@ -93,6 +95,7 @@ impl Proc {
             slot,
             stats_fresh: false,
             cool_until: None,
+            watch: Default::default(),
         }
     }
 
@@ -105,7 +108,7 @@ impl Proc {
             State::Disconnecting => stopping,
             State::Starting => false,
         };
-        let cooling = self.cool_until.is_some_and(|t| now < t);
+        let cooling = self.cool_until.is_some_and(|t| now < t) || self.watch.unresponsive();
         (takes && !cooling && !self.channel_closed && self.link.unacked() < window)
             .then_some(Load { open: self.open })
     }
