@@ -129,3 +129,28 @@ fn too_large_messages_are_refused_on_both_sides_without_a_crash() {
     server.signal(Signal::SIGTERM);
     assert!(server.wait_exit(DEADLINE).success());
 }
+
+/// A flood of messages for one worker is bounded: past herd::MAX_QUEUED_MESSAGES the sender
+/// gets QueueFull (before: an unbounded queue that grew the primary by hundreds of MB and made
+/// handoffs wait behind it), and connections keep flowing.
+#[test]
+fn a_message_flood_is_refused_past_the_bound_and_handoffs_go_first() {
+    let flood = (herd::ipc::MAX_QUEUED_MESSAGES + 5000).to_string();
+    let mut server = Server::start_example("relay", &["0", &flood, &flood]);
+    // The first connection makes the primary send the whole flood to one worker at once.
+    assert_eq!(get(server.addr(), "/").expect("served").status, 200);
+    let line = server.wait_log("cannot send:", DEADLINE);
+    assert!(line.contains("not queued"), "{line}");
+    // Connections are handed out while the flood drains.
+    for i in 0..20 {
+        let r = get(server.addr(), "/").unwrap_or_else(|e| panic!("request {i}: {e}"));
+        assert_eq!(r.status, 200);
+    }
+    let rss = herd::procfs::Stat::read(server.pid())
+        .expect("the primary's stat")
+        .rss_bytes();
+    assert!(rss < 100 << 20, "primary RSS {rss} bytes");
+    assert!(server.find_log("died").is_none(), "{}", server.log_text());
+    server.signal(Signal::SIGTERM);
+    assert!(server.wait_exit(DEADLINE).success());
+}

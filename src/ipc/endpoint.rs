@@ -1,7 +1,6 @@
 //! The typed channel endpoint both loops use: it owns the socket, the queue of messages the
 //! kernel has not taken yet, and the writable interest, and it is a `mio` event source.
 
-use std::collections::VecDeque;
 use std::io;
 use std::marker::PhantomData;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -11,6 +10,7 @@ use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 
 use super::channel::Channel;
+use super::lanes::Lanes;
 use super::wire::{Incoming, Outgoing, MAX_PACKET};
 use super::IpcError;
 
@@ -43,7 +43,7 @@ pub struct Delivery<Rx> {
 #[derive(Debug)]
 pub struct Endpoint<Tx, Rx> {
     channel: Channel,
-    queue: VecDeque<Envelope<Tx>>,
+    queue: Lanes<Tx>,
     scratch: Vec<u8>,
     inbox: Vec<u8>,
     /// The token and whether writable interest is on, once registered.
@@ -56,7 +56,7 @@ impl<Tx: Outgoing, Rx: Incoming> Endpoint<Tx, Rx> {
     pub fn new(channel: Channel) -> Self {
         Endpoint {
             channel,
-            queue: VecDeque::new(),
+            queue: Lanes::default(),
             scratch: Vec::new(),
             inbox: vec![0; MAX_PACKET],
             registered: None,
@@ -64,25 +64,21 @@ impl<Tx: Outgoing, Rx: Incoming> Endpoint<Tx, Rx> {
         }
     }
 
-    /// Queues `msg` with `fds` behind what already waits, folding it into the last queued
-    /// message when both fit in one packet (see [`Outgoing::merge`]).
+    /// Queues `msg` with `fds` behind what already waits in its lane, folding it into the
+    /// lane's last message when both fit in one packet (see [`Outgoing::merge`]). The control
+    /// lane leaves before the ordered one (see [`super::lanes`]).
     pub fn queue(&mut self, msg: Tx, fds: Vec<OwnedFd>) {
-        let msg = match self.queue.back_mut() {
-            Some(back) => match back.msg.merge(msg) {
-                Ok(()) => {
-                    back.fds.extend(fds);
-                    return;
-                }
-                Err(msg) => msg,
-            },
-            None => msg,
-        };
-        self.queue.push_back(Envelope { msg, fds });
+        self.queue.push(msg, fds);
     }
 
-    /// Messages not yet taken by the kernel, oldest first.
+    /// Messages not yet taken by the kernel, control lane first.
     pub fn queued(&self) -> impl Iterator<Item = &Envelope<Tx>> {
         self.queue.iter()
+    }
+
+    /// Messages and payload bytes waiting in the ordered lane (user messages).
+    pub fn ordered_load(&self) -> (usize, usize) {
+        self.queue.ordered_load()
     }
 
     /// True when nothing waits to be sent.
@@ -90,21 +86,16 @@ impl<Tx: Outgoing, Rx: Incoming> Endpoint<Tx, Rx> {
         self.queue.is_empty()
     }
 
-    /// Removes the queued messages `pick` selects and returns them, oldest first; the others
-    /// keep their order.
-    pub fn unqueue(&mut self, mut pick: impl FnMut(&Tx) -> bool) -> Vec<Envelope<Tx>> {
-        let (taken, kept): (VecDeque<_>, VecDeque<_>) =
-            self.queue.drain(..).partition(|e| pick(&e.msg));
-        self.queue = kept;
-        taken.into()
+    /// Removes the queued messages `pick` selects and returns them; the others keep their
+    /// order.
+    pub fn unqueue(&mut self, pick: impl FnMut(&Tx) -> bool) -> Vec<Envelope<Tx>> {
+        self.queue.unqueue(pick)
     }
 
     /// Puts messages back at the front of the queue, in the order given (they were read back
     /// from a peer that never took them, and are sent again first).
     pub fn requeue_front(&mut self, envelopes: Vec<Envelope<Tx>>) {
-        for e in envelopes.into_iter().rev() {
-            self.queue.push_front(e);
-        }
+        self.queue.requeue_front(envelopes);
     }
 
     /// Sends queued messages until the socket is full or the queue is empty, handing each sent

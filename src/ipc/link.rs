@@ -164,6 +164,11 @@ impl WorkerLink {
         back
     }
 
+    /// User messages (and payload bytes) waiting to be sent to the worker.
+    pub fn ordered_load(&self) -> (usize, usize) {
+        self.endpoint.ordered_load()
+    }
+
     /// Bytes sent that the worker has not read yet.
     pub fn unread(&self) -> usize {
         self.endpoint.channel().unread_by_peer().unwrap_or(0)

@@ -6,8 +6,9 @@
 //!
 //! - [`wire`]: herd's messages, [`ToWorker`] and [`ToPrimary`], and their bytes;
 //! - [`Channel`]: the socket, sending and receiving packets with descriptors;
-//! - [`Endpoint`]: what both loops use: the socket, the queue the kernel has not taken yet,
-//!   the writable interest, a `mio` source that speaks typed messages;
+//! - [`Endpoint`]: what both loops use: the socket, the queue the kernel has not taken yet
+//!   (in two [`lanes`]: handoffs and acks never wait behind user messages), the writable
+//!   interest, a `mio` source that speaks typed messages;
 //! - [`WorkerLink`]: the primary's end, which also keeps each handed-over socket until the
 //!   worker acknowledges it.
 //!
@@ -19,6 +20,7 @@
 
 mod channel;
 mod endpoint;
+pub mod lanes;
 mod link;
 pub mod wire;
 
@@ -26,6 +28,7 @@ use std::io;
 
 pub use channel::{Channel, Packet};
 pub use endpoint::{Delivery, Endpoint, Envelope};
+pub use lanes::{MAX_QUEUED_BYTES, MAX_QUEUED_MESSAGES};
 pub use link::WorkerLink;
 pub use wire::{
     ConnId, Incoming, Outgoing, ToPrimary, ToWorker, WorkerStats, MAX_ACK_IDS, MAX_CONN_BATCH,
@@ -41,6 +44,15 @@ pub enum IpcError {
     /// The peer sent bytes this version does not understand.
     #[error("malformed channel message: {0}")]
     Malformed(&'static str),
+    /// Too many messages already wait for this peer (see [`lanes::MAX_QUEUED_MESSAGES`] and
+    /// [`lanes::MAX_QUEUED_BYTES`]); nothing was queued. Try again once it has caught up.
+    #[error("{messages} messages ({bytes} bytes) already wait for the peer; not queued")]
+    QueueFull {
+        /// Messages waiting.
+        messages: usize,
+        /// Their payload bytes.
+        bytes: usize,
+    },
     /// The peer closed its end.
     #[error("channel closed by the peer")]
     Closed,

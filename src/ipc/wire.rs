@@ -90,6 +90,16 @@ pub trait Outgoing: Sized {
     fn merge(&mut self, next: Self) -> Result<(), Self> {
         Err(next)
     }
+
+    /// True for messages of the ordered lane: user messages, and what must not overtake them.
+    fn ordered(&self) -> bool {
+        false
+    }
+
+    /// Payload bytes it counts against the ordered lane's bound.
+    fn weight(&self) -> usize {
+        0
+    }
 }
 
 /// A message that can be read from an [`super::Endpoint`].
@@ -145,6 +155,17 @@ fn write_payload(tag: u8, payload: &[u8], out: &mut Vec<u8>) -> Result<(), IpcEr
 }
 
 impl Outgoing for ToWorker {
+    fn ordered(&self) -> bool {
+        matches!(self, ToWorker::Message(_) | ToWorker::Disconnect)
+    }
+
+    fn weight(&self) -> usize {
+        match self {
+            ToWorker::Message(p) => p.len(),
+            _ => 0,
+        }
+    }
+
     fn encode(&self, out: &mut Vec<u8>) -> Result<(), IpcError> {
         match self {
             ToWorker::Conn { ids } => write_ids(T_CONN, ids, out),
@@ -186,6 +207,17 @@ impl Incoming for ToWorker {
 }
 
 impl Outgoing for ToPrimary {
+    fn ordered(&self) -> bool {
+        matches!(self, ToPrimary::Message(_))
+    }
+
+    fn weight(&self) -> usize {
+        match self {
+            ToPrimary::Message(p) => p.len(),
+            _ => 0,
+        }
+    }
+
     fn encode(&self, out: &mut Vec<u8>) -> Result<(), IpcError> {
         match self {
             ToPrimary::Online => out.push(P_ONLINE),

@@ -29,6 +29,10 @@ enum Command {
 pub struct Control {
     commands: Vec<Command>,
     workers: Vec<WorkerInfo>,
+    /// Per slot: user messages (and bytes) waiting to be sent, as of the view.
+    waiting: Vec<(usize, usize)>,
+    /// Per slot: what the commands not yet carried out add to that.
+    pending: Vec<(usize, usize)>,
 }
 
 impl Control {
@@ -36,14 +40,29 @@ impl Control {
     /// one piece (Node's `worker.send`).
     ///
     /// A payload larger than [`crate::ipc::MAX_MESSAGE`] is refused with
-    /// [`IpcError::TooLarge`] and nothing is sent. A message for a worker that is dead by the
-    /// time it is carried out is dropped (and logged): watch for `exit` events, or
-    /// [`Control::is_dead`].
+    /// [`IpcError::TooLarge`], and one that would pile up more than
+    /// [`crate::ipc::MAX_QUEUED_MESSAGES`] messages or [`crate::ipc::MAX_QUEUED_BYTES`] for a
+    /// worker that does not read them with [`IpcError::QueueFull`]; nothing is sent then. A
+    /// message for a worker that is dead by the time it is carried out is dropped (and
+    /// logged): watch for `exit` events, or [`Control::is_dead`].
     pub fn send(&mut self, id: WorkerId, payload: impl Into<Vec<u8>>) -> Result<(), IpcError> {
         let payload = payload.into();
         if payload.len() > crate::ipc::MAX_MESSAGE {
             return Err(IpcError::TooLarge(payload.len()));
         }
+        let i = id.index();
+        if self.pending.len() <= i {
+            self.pending.resize(i + 1, (0, 0));
+        }
+        let (waiting, bytes) = self.waiting.get(i).copied().unwrap_or_default();
+        let (messages, bytes) = (waiting + self.pending[i].0, bytes + self.pending[i].1);
+        if messages >= crate::ipc::MAX_QUEUED_MESSAGES
+            || bytes + payload.len() > crate::ipc::MAX_QUEUED_BYTES
+        {
+            return Err(IpcError::QueueFull { messages, bytes });
+        }
+        self.pending[i].0 += 1;
+        self.pending[i].1 += payload.len();
         self.commands.push(Command::Send(id, payload));
         Ok(())
     }
@@ -108,6 +127,13 @@ impl Primary {
     /// Rebuilds the workers' view that [`Control`] shows.
     fn refresh_view(&mut self) {
         let workers = &self.workers;
+        let waiting = &mut self.hooks.control.waiting;
+        waiting.clear();
+        waiting.extend(workers.slots().iter().map(|slot| {
+            slot.current
+                .and_then(|k| workers.get(k))
+                .map_or((0, 0), |p| p.link.ordered_load())
+        }));
         let view = &mut self.hooks.control.workers;
         view.clear();
         view.extend(workers.slots().iter().map(|slot| {
@@ -140,6 +166,7 @@ impl Primary {
             if commands.is_empty() {
                 return;
             }
+            self.hooks.control.pending.clear();
             for c in commands {
                 self.apply(c);
             }
@@ -182,4 +209,20 @@ impl Primary {
 pub(super) struct Hooks {
     pub hook: Option<EventHook>,
     pub control: Control,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sends_past_the_bound_are_refused() {
+        let mut c = Control::default();
+        let id = WorkerId::new(2).unwrap();
+        for _ in 0..crate::ipc::MAX_QUEUED_MESSAGES {
+            c.send(id, "x").unwrap();
+        }
+        assert!(matches!(c.send(id, "x"), Err(IpcError::QueueFull { .. })));
+        assert!(c.send(WorkerId::new(1).unwrap(), "x").is_ok(), "per worker");
+    }
 }

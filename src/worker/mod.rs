@@ -22,7 +22,7 @@ use std::time::Instant;
 use mio::net::TcpStream;
 
 use crate::event::WorkerId;
-use crate::ipc::{IpcError, Outgoing, ToPrimary};
+use crate::ipc::{IpcError, Outgoing, ToPrimary, MAX_QUEUED_BYTES, MAX_QUEUED_MESSAGES};
 use crate::worker_env::{BadWorkerEnv, WorkerEnv};
 
 pub use faults::{ENV_FAULT_EXIT_AFTER, ENV_FAULT_FAIL_START, ENV_FAULT_GARBAGE};
@@ -48,6 +48,7 @@ impl Context {
             draining: false,
             now,
             outgoing: VecDeque::new(),
+            user_queued: (0, 0),
         }
     }
 }
@@ -61,6 +62,8 @@ pub struct Context {
     now: Instant,
     /// Messages for the primary, in order; the uplink sends them at the end of the turn.
     outgoing: VecDeque<ToPrimary>,
+    /// User messages (and bytes) among `outgoing`, plus those still waiting in the uplink.
+    user_queued: (usize, usize),
 }
 
 impl Context {
@@ -90,8 +93,14 @@ impl Context {
     /// The message leaves at the end of the loop turn; if the channel is full it waits, in
     /// order, in the worker's outbox.
     pub fn send(&mut self, payload: impl Into<Vec<u8>>) -> Result<(), IpcError> {
-        let msg = ToPrimary::Message(payload.into());
+        let payload = payload.into();
+        let (messages, bytes) = self.user_queued;
+        if messages >= MAX_QUEUED_MESSAGES || bytes + payload.len() > MAX_QUEUED_BYTES {
+            return Err(IpcError::QueueFull { messages, bytes });
+        }
+        let msg = ToPrimary::Message(payload);
         msg.encode(&mut Vec::new())?; // refuse what cannot travel now, not at the end of the turn
+        self.user_queued = (messages + 1, bytes + msg.weight());
         self.outgoing.push_back(msg);
         Ok(())
     }

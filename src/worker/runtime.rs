@@ -176,6 +176,12 @@ impl<H: Handler> Runtime<H> {
             self.next_sweep = self.ctx.now + SWEEP_EVERY;
             self.sweep();
         }
+        // Serving the new connections and the sweep may have queued messages (a handler's
+        // Context::send, a close count): send them now, not whenever the next event comes,
+        // which for a worker with no open connection may be never.
+        if !self.ctx.outgoing.is_empty() || self.uplink.owes_reports() {
+            self.uplink.flush(self.poll.registry(), &mut self.ctx);
+        }
     }
 
     fn read_channel(&mut self) {

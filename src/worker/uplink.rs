@@ -96,6 +96,13 @@ impl Uplink {
         self.closed_unreported += 1;
     }
 
+    /// True when acks, refusals or a close count wait to be queued.
+    pub fn owes_reports(&self) -> bool {
+        !self.acks.is_empty()
+            || !self.refused.is_empty()
+            || (self.report_closes && self.closed_unreported > 0)
+    }
+
     /// Sends what this turn owes: acks and refusals first (the primary's bookkeeping never
     /// waits behind user messages), the close count, then the context's messages in order.
     /// Returns `true` when everything has left (or the primary is gone).
