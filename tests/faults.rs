@@ -221,3 +221,35 @@ fn a_frozen_worker_is_routed_around_then_replaced() {
     });
     assert_eq!(get(server.addr(), "/").expect("served").status, 200);
 }
+
+/// Under reuseport the kernel keeps hashing connections onto a dead worker's own socket, where
+/// they waited out its restart backoff (50 timeouts in 10 s for a crash-looping worker). While
+/// the slot has no worker, the primary accepts there and hands them to the live one.
+#[test]
+fn a_crash_looping_reuseport_worker_loses_no_connection() {
+    let marker = std::env::temp_dir().join(format!("herd-fail-start-{}", std::process::id()));
+    let _ = std::fs::remove_file(&marker);
+    let mut server = Launch::herd(&["--workers", "2", "--policy", "reuseport"])
+        .env(
+            "HERD_FAULT_FAIL_START",
+            marker.to_str().expect("utf-8 path"),
+        )
+        .start();
+    let workers = server.workers();
+    std::fs::write(&marker, b"fail").expect("arm the fault");
+    send_signal(workers[0], Signal::SIGKILL).expect("kill a worker");
+    server.wait_log("crash-looping", DEADLINE);
+    // New connections from new source ports: about half hash to the dead worker's socket.
+    for i in 0..40 {
+        let r = get(server.addr(), "/").unwrap_or_else(|e| {
+            panic!(
+                "request {i} waited on the dead worker's queue: {e}\n{}",
+                server.log_text()
+            )
+        });
+        assert_eq!(r.status, 200);
+        assert_eq!(r.pid(), workers[1], "only one worker is alive");
+    }
+    std::fs::remove_file(&marker).expect("disarm");
+    server.wait_log("accepts on its socket meanwhile", DEADLINE);
+}

@@ -83,6 +83,11 @@ impl Acceptor {
         }
     }
 
+    /// Queues a connection accepted elsewhere (on a dead worker's socket) for a worker.
+    pub fn adopt(&mut self, socket: OwnedFd) {
+        self.push(socket);
+    }
+
     fn push(&mut self, socket: OwnedFd) {
         self.next_id += 1;
         self.pending.push_back((ConnId(self.next_id), socket));

@@ -24,9 +24,6 @@ impl Primary {
             acceptor,
             ..
         } = self;
-        let Some(balancer) = balancer.as_mut() else {
-            return;
-        };
         // Queue the whole burst first, then flush each worker once.
         let mut touched: Vec<ProcKey> = Vec::new();
         while acceptor.waiting() > 0 {

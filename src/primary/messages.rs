@@ -91,7 +91,11 @@ impl Primary {
                     Some(Err(e)) => log::error!("cannot share the listener with {pid}: {e}"),
                     None => {}
                 }
+                let slot = p.slot;
                 self.flush(key);
+                if self.workers.slot(slot).current == Some(key) {
+                    self.release(slot);
+                }
                 self.emit(Event::Online { id, pid });
                 self.maybe_announce();
             }

@@ -5,6 +5,7 @@
 //! owns it:
 //! - [`accept`]: the listener and the connections waiting for a worker;
 //! - `handoff`: the policy's pick and the handoff of waiting connections;
+//! - `adopt`: under `reuseport`, accepting on a dead worker's socket until it is back;
 //! - `messages`: what workers say on their channels, and what is sent to them;
 //! - `supervise`: spawning, reaping, restarting with backoff, disconnecting, shutdown;
 //! - `reload`: the rolling reload on `SIGHUP`;
@@ -14,6 +15,7 @@
 //! - `workers`: the worker table; `spawn`: how a worker process is started.
 
 mod accept;
+mod adopt;
 mod control;
 mod events;
 mod handoff;
@@ -102,7 +104,11 @@ pub struct Primary {
     acceptor: Acceptor,
     /// Listeners handed to workers (workers-accept policies); the primary keeps them open.
     listeners_for_workers: Vec<std::net::TcpListener>,
-    balancer: Option<Box<dyn Balancer>>,
+    /// Picks a worker for each connection the primary accepted (for workers-accept policies,
+    /// the ones it accepts on a dead worker's socket: round-robin).
+    balancer: Box<dyn Balancer>,
+    /// Slots whose listener the primary accepts on while they have no worker (reuseport).
+    adopted: Vec<workers::SlotIndex>,
     /// Scratch space for the balancer's view of the workers.
     loads: Vec<Option<Load>>,
     workers: Workers,
@@ -143,7 +149,11 @@ impl Primary {
             poll,
             acceptor,
             listeners_for_workers: bound.handed,
-            balancer: config.policy.balancer(),
+            balancer: config
+                .policy
+                .balancer()
+                .unwrap_or_else(|| Box::new(crate::policy::RoundRobin::default())),
+            adopted: Vec::new(),
             loads: Vec::with_capacity(config.workers),
             workers: Workers::new(config.workers),
             local_addr: bound.local_addr,
@@ -203,6 +213,11 @@ impl Primary {
             match ev.token() {
                 LISTENER => self.acceptor.accept(self.poll.registry()),
                 SIGNALS => self.on_signals(),
+                token if adopt::slot_of(token, self.workers.slots().len()).is_some() => {
+                    if let Some(i) = adopt::slot_of(token, self.workers.slots().len()) {
+                        self.accept_adopted(i);
+                    }
+                }
                 token => {
                     let Some(key) = ProcKey::from_token(token) else {
                         continue;

@@ -86,6 +86,7 @@ impl Primary {
             slot.current = None;
             slot.last_pid = Some(pid);
         }
+        let slot_index = p.slot;
         let expected = p.disconnect_sent || stopping;
         let how = describe(status);
         if expected || !was_current {
@@ -113,6 +114,9 @@ impl Primary {
             }
             slot.restarts += 1;
             slot.respawn_at = Some(Instant::now() + delay);
+        }
+        if was_current && !stopping {
+            self.adopt(slot_index);
         }
         self.emit(Event::Exit {
             id,
@@ -190,6 +194,7 @@ impl Primary {
         self.phase.shutdown_deadline = Some(crate::deadline_after(self.config.shutdown_timeout));
         self.phase.reload = None;
         self.acceptor.close(self.poll.registry());
+        self.release_all();
         self.listeners_for_workers.clear();
         self.dispatch();
         for i in self.workers.indices().collect::<Vec<_>>() {

@@ -10,15 +10,18 @@ use crate::event::WorkerId;
 /// `ID`) acks nothing more, and exits with status 86 once the connections it did ack are
 /// finished: a crash between receiving sockets and acking them, without collateral losses.
 pub const ENV_FAULT_EXIT_AFTER: &str = "HERD_FAULT_EXIT_AFTER";
-/// Testing only: exit with status 3 at start, before coming online.
+/// Testing only: exit with status 3 at start, before coming online: `1` always, or a path (it
+/// starts with `/`) while that file exists, so a test can make only later replacements fail.
 pub const ENV_FAULT_FAIL_START: &str = "HERD_FAULT_FAIL_START";
 /// Testing only: `1` makes a worker send one packet the primary cannot decode right after it
 /// comes online (the primary must replace it, not stall).
 pub const ENV_FAULT_GARBAGE: &str = "HERD_FAULT_GARBAGE";
 
-/// Exits with status 3 if `HERD_FAULT_FAIL_START=1`.
+/// Exits with status 3 if `HERD_FAULT_FAIL_START` says so.
 pub fn fail_start_if_asked() {
-    if std::env::var(ENV_FAULT_FAIL_START).is_ok_and(|v| v == "1") {
+    let fail = std::env::var(ENV_FAULT_FAIL_START)
+        .is_ok_and(|v| v == "1" || (v.starts_with('/') && std::path::Path::new(&v).exists()));
+    if fail {
         log::error!(
             "worker {} failing at start ({ENV_FAULT_FAIL_START})",
             std::process::id()
