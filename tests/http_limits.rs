@@ -200,7 +200,7 @@ fn keepalive_timeout_counts_idle_time_not_connection_age() {
         served += 1;
         // A short idle gap, far inside the timeout: the worker goes back to waiting between
         // requests (without it a fast worker may answer the next request in the same event).
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(20)); // the client's idle gap, not a wait
     }
     assert!(served > 10, "only {served} requests in 2.5 s");
 }

@@ -101,13 +101,8 @@ impl Primary {
 
     /// Stops covering for every slot (shutdown).
     pub(super) fn release_all(&mut self) {
-        for i in std::mem::take(&mut self.adopted) {
-            if let Some(l) = self.listeners_for_workers.get(i.0) {
-                let _ = self
-                    .poll
-                    .registry()
-                    .deregister(&mut SourceFd(&l.as_raw_fd()));
-            }
+        for i in self.adopted.clone() {
+            self.release(i);
         }
     }
 }
