@@ -41,6 +41,7 @@ pub mod listen;
 pub mod policy;
 pub mod primary;
 pub mod procfs;
+pub mod proxy_protocol;
 pub mod signals;
 mod sys;
 pub mod worker;
@@ -118,6 +119,8 @@ pub struct Cluster {
     worker_timeout: Duration,
     defer_accept: Option<Duration>,
     max_connections: usize,
+    proxy_header: Option<Duration>,
+    drain_delay: Duration,
     args: Option<Vec<OsString>>,
     env: Vec<(OsString, OsString)>,
     hook: Option<primary::EventHook>,
@@ -142,6 +145,8 @@ impl Cluster {
             worker_timeout: DEFAULT_WORKER_TIMEOUT,
             defer_accept: None,
             max_connections: 0,
+            proxy_header: None,
+            drain_delay: Duration::ZERO,
             args: None,
             env: Vec::new(),
             hook: None,
@@ -214,6 +219,27 @@ impl Cluster {
     /// holds them; none is accepted and dropped.
     pub fn max_connections(mut self, n: usize) -> Self {
         self.max_connections = n;
+        self
+    }
+
+    /// Expect every connection to open with a PROXY protocol header (v1 or v2, as HAProxy's
+    /// `send-proxy` / `send-proxy-v2` send), complete within `within` of its arrival. The
+    /// worker reads it before the handler sees the connection, and the client it names is what
+    /// [`Context::peer_addr`] returns. A connection without a valid header in time is closed
+    /// without a byte sent and counted, never served as if it were direct. `None` (the
+    /// default): no header is expected.
+    pub fn proxy_protocol(mut self, within: Option<Duration>) -> Self {
+        self.proxy_header = within;
+        self
+    }
+
+    /// On `SIGTERM` (or `SIGINT`), first tell the workers the host is leaving
+    /// ([`Context::leaving`]: `/healthz` answers `503`, answers say `Connection: close`) and go on
+    /// accepting and serving for `delay`, so that a balancer's health checks see it go before
+    /// it stops accepting; then shut down as usual. A second signal skips what is left of the
+    /// delay. Default zero: shut down at once.
+    pub fn drain_delay(mut self, delay: Duration) -> Self {
+        self.drain_delay = delay;
         self
     }
 
@@ -319,6 +345,7 @@ impl Cluster {
             report_closes: self.policy.needs_close_reports(),
             orphan_grace: self.shutdown_timeout,
             max_connections: self.max_connections,
+            proxy_header: self.proxy_header,
         };
         let config = primary::Config {
             workers: self.workers,
@@ -329,6 +356,7 @@ impl Cluster {
             max_pending: self.max_pending.max(1),
             worker_timeout: self.worker_timeout.max(Duration::from_millis(1)),
             defer_accept: self.defer_accept,
+            drain_delay: self.drain_delay,
             spawner,
         };
         Ok((config, self.hook))

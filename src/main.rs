@@ -95,6 +95,12 @@ struct ServeArgs {
     /// Requests served on one connection before it is closed (0: no limit)
     #[arg(long, default_value_t = 0)]
     max_requests_per_conn: u64,
+    // Behind a balancer (issue 16).
+    /// Every connection opens with a PROXY protocol header (v1 or v2, HAProxy's send-proxy /
+    /// send-proxy-v2) naming the real client; a connection without a valid one within the
+    /// header timeout is closed unanswered
+    #[arg(long)]
+    proxy_protocol: bool,
 }
 
 impl ServeArgs {
@@ -129,7 +135,8 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         .max_connections(args.max_connections)
         .max_pending(args.max_pending as usize)
         .worker_timeout(args.worker_timeout)
-        .defer_accept(Some(args.header_timeout));
+        .defer_accept(Some(args.header_timeout))
+        .proxy_protocol(args.proxy_protocol.then_some(args.header_timeout));
     if let Some(n) = args.workers {
         cluster = cluster.workers(n as usize);
     }

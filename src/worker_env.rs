@@ -23,13 +23,17 @@ const REPORT_CLOSES: &str = "HERD_WORKER_REPORT_CLOSES";
 const MAX_CONNECTIONS: &str = "HERD_WORKER_MAX_CONNECTIONS";
 /// Milliseconds a worker whose primary is gone may take to finish before it exits.
 const ORPHAN_GRACE_MS: &str = "HERD_WORKER_ORPHAN_GRACE_MS";
+/// Present: every connection starts with a PROXY protocol header, due within this many
+/// milliseconds.
+const PROXY_HEADER_MS: &str = "HERD_WORKER_PROXY_HEADER_MS";
 /// Every variable of the contract, for removal.
-const ALL: [&str; 5] = [
+const ALL: [&str; 6] = [
     ID,
     CHANNEL_FD,
     REPORT_CLOSES,
     MAX_CONNECTIONS,
     ORPHAN_GRACE_MS,
+    PROXY_HEADER_MS,
 ];
 /// The grace when the variable is absent (the primary's default shutdown timeout).
 const DEFAULT_ORPHAN_GRACE: Duration = Duration::from_secs(30);
@@ -48,6 +52,8 @@ pub struct WorkerEnv {
     /// Once its primary is gone, the time a worker may take to finish what it serves before
     /// it exits anyway (the primary's shutdown timeout): no orphan outlives it.
     pub orphan_grace: Duration,
+    /// `Some(t)`: every connection starts with a PROXY protocol header, due within `t`.
+    pub proxy_header: Option<Duration>,
 }
 
 /// Why the environment did not describe a worker.
@@ -63,6 +69,9 @@ impl WorkerEnv {
             .env(REPORT_CLOSES, if self.report_closes { "1" } else { "0" })
             .env(MAX_CONNECTIONS, self.max_connections.to_string())
             .env(ORPHAN_GRACE_MS, self.orphan_grace.as_millis().to_string());
+        if let Some(t) = self.proxy_header {
+            cmd.env(PROXY_HEADER_MS, t.as_millis().to_string());
+        }
     }
 
     /// This process's contract, read on first use and then removed from the environment.
@@ -105,6 +114,12 @@ impl WorkerEnv {
                         Duration::from_millis(v.parse().map_err(|_| BadWorkerEnv(ORPHAN_GRACE_MS))?)
                     }
                 },
+                proxy_header: match var(PROXY_HEADER_MS) {
+                    None => None,
+                    Some(v) => Some(Duration::from_millis(
+                        v.parse().map_err(|_| BadWorkerEnv(PROXY_HEADER_MS))?,
+                    )),
+                },
             })
         };
         Some(parse())
@@ -124,6 +139,7 @@ mod tests {
             report_closes: true,
             max_connections: 9,
             orphan_grace: Duration::from_millis(1500),
+            proxy_header: Some(Duration::from_millis(2500)),
         };
         let mut cmd = Command::new("true");
         env.apply(&mut cmd);

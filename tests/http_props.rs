@@ -102,7 +102,7 @@ fn check_output(out: &[u8]) -> Result<Vec<Answer>, String> {
 /// Takes all output the session has.
 fn pump(s: &mut Session, out: &mut Vec<u8>) {
     loop {
-        s.advance(false);
+        s.advance(&herd::http::Serving::plain());
         let o = s.output();
         if o.is_empty() {
             return;

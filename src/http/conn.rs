@@ -98,7 +98,15 @@ impl HttpConn {
         if self.session.closing().is_some() {
             return Ok(Progress::Finished);
         }
-        for _ in 0..self.session.advance(ctx.draining()) {
+        let stream = &self.stream;
+        let proxied = ctx.proxied_addr();
+        let peer = move || proxied.or_else(|| stream.peer_addr().ok());
+        let serving = super::Serving {
+            draining: ctx.draining(),
+            leaving: ctx.leaving(),
+            peer: &peer,
+        };
+        for _ in 0..self.session.advance(&serving) {
             ctx.count_request();
         }
         if self.session.has_output() || self.session.closing().is_some() {

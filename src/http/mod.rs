@@ -32,7 +32,7 @@ use mio::net::TcpStream;
 pub use conn::HttpConn;
 pub use request::{parse, Body, Head, Reject};
 pub use response::{reason, DateCache};
-pub use session::{Closing, Phase, Session};
+pub use session::{Closing, Phase, Serving, Session};
 
 use crate::worker::{Context, Handler};
 

@@ -6,6 +6,7 @@
 
 use std::cell::RefCell;
 use std::io::{self, Read};
+use std::net::SocketAddr;
 use std::rc::Rc;
 
 use super::body::Decoder;
@@ -38,6 +39,32 @@ impl Shared {
                 .into(),
             date: Rc::default(),
             scratch: Rc::new(RefCell::new(vec![0; READ_CHUNK].into_boxed_slice())),
+        }
+    }
+}
+
+/// What the worker and the connection tell a session about the requests it answers now.
+pub struct Serving<'a> {
+    /// The worker is shutting down: answers say `Connection: close`.
+    pub draining: bool,
+    /// The host is leaving (drain delay): `/healthz` fails, answers say `Connection: close`.
+    pub leaving: bool,
+    /// Looks up the client's address (the PROXY header's, or the socket's peer); called at
+    /// most once per session, by the first request that needs it.
+    pub peer: &'a dyn Fn() -> Option<SocketAddr>,
+}
+
+fn no_peer() -> Option<SocketAddr> {
+    None
+}
+
+impl Serving<'static> {
+    /// Neither draining nor leaving, and no client address.
+    pub fn plain() -> Serving<'static> {
+        Serving {
+            draining: false,
+            leaving: false,
+            peer: &no_peer,
         }
     }
 }
@@ -84,6 +111,8 @@ pub struct Session {
     body: Decoder,
     closing: Option<Closing>,
     requests: u64,
+    /// The client's address, once looked up.
+    peer: Option<Option<SocketAddr>>,
 }
 
 impl Session {
@@ -105,6 +134,7 @@ impl Session {
             body: Decoder::default(),
             closing: None,
             requests: 0,
+            peer: None,
         }
     }
 
@@ -143,7 +173,7 @@ impl Session {
     /// needed, or the connection is to close. Returns how many requests were answered.
     ///
     /// When it returns with no output and not closing, it needs more input.
-    pub fn advance(&mut self, draining: bool) -> u64 {
+    pub fn advance(&mut self, serving: &Serving<'_>) -> u64 {
         let mut answered = 0;
         while self.closing.is_none() && self.out_len() < OUT_HIGH && self.streaming == 0 {
             if let Some(head) = self.pending.take() {
@@ -159,7 +189,7 @@ impl Session {
                     self.pending = Some(head);
                     break;
                 }
-                self.respond(&head, draining);
+                self.respond(&head, serving);
                 answered += 1;
                 continue;
             }
@@ -199,13 +229,21 @@ impl Session {
         self.pending = Some(head);
     }
 
-    fn respond(&mut self, head: &Head, draining: bool) {
+    fn respond(&mut self, head: &Head, serving: &Serving<'_>) {
         self.requests += 1;
         let max = self.limits.max_requests;
         let over_limit = max > 0 && self.requests >= max;
-        let keep = head.keep_alive && !draining && !over_limit;
+        let leaving = serving.leaving || serving.draining;
+        let keep = head.keep_alive && !leaving && !over_limit;
+        let cached = &mut self.peer;
+        let mut peer = || *cached.get_or_insert_with(|| (serving.peer)());
+        let host = routes::Host {
+            leaving,
+            peer: &mut peer,
+        };
+        let reply = routes::route(&head.method, &head.path, &self.shared.hello, host);
         let mut date = self.shared.date.borrow_mut();
-        match routes::route(&head.method, &head.path, &self.shared.hello) {
+        match reply {
             Reply::Text(status, body) => response::write(
                 &mut self.out,
                 status,
@@ -329,7 +367,7 @@ mod tests {
         for piece in input.chunks(step.max(1)) {
             s.receive(piece);
             loop {
-                s.advance(false);
+                s.advance(&Serving::plain());
                 let o = s.output();
                 if o.is_empty() {
                     break;
@@ -427,10 +465,10 @@ mod tests {
         let mut s = Session::new(Limits::default());
         assert_eq!(s.phase(), Phase::Idle);
         s.receive(b"POST / HTTP/1.1\r\nHost: a\r\n");
-        s.advance(false);
+        s.advance(&Serving::plain());
         assert_eq!(s.phase(), Phase::Head);
         s.receive(b"Content-Length: 3\r\n\r\nab");
-        s.advance(false);
+        s.advance(&Serving::plain());
         assert_eq!(s.phase(), Phase::Body);
         s.reject(408, "test");
         assert_eq!(s.phase(), Phase::Output);

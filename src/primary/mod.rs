@@ -67,6 +67,8 @@ pub struct Config {
     /// Accept a connection only once the client has sent data, waiting at most about this
     /// long (`TCP_DEFER_ACCEPT`).
     pub defer_accept: Option<Duration>,
+    /// On `SIGTERM`, the time the host goes on serving while it tells health checks it leaves.
+    pub drain_delay: Duration,
     /// How workers are started.
     pub spawner: Spawner,
 }

@@ -25,6 +25,8 @@ pub struct Spawner {
     pub max_connections: usize,
     /// How long a worker whose primary is gone may take to finish (the shutdown timeout).
     pub orphan_grace: std::time::Duration,
+    /// `Some(t)`: connections start with a PROXY protocol header, due within `t`.
+    pub proxy_header: Option<std::time::Duration>,
 }
 
 impl Spawner {
@@ -45,6 +47,7 @@ impl Spawner {
             report_closes: self.report_closes,
             max_connections: self.max_connections,
             orphan_grace: self.orphan_grace,
+            proxy_header: self.proxy_header,
         }
         .apply(&mut cmd);
         crate::sys::keep_open_across_exec(&mut cmd, fd);

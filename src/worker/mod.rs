@@ -11,12 +11,14 @@
 
 mod admission;
 mod faults;
+mod preface;
 mod runtime;
 mod table;
 mod uplink;
 
 use std::collections::VecDeque;
 use std::io;
+use std::net::SocketAddr;
 use std::time::Instant;
 
 use mio::net::TcpStream;
@@ -46,6 +48,8 @@ impl Context {
             id,
             requests: 0,
             draining: false,
+            leaving: false,
+            peer: None,
             now,
             outgoing: VecDeque::new(),
             user_queued: (0, 0),
@@ -59,6 +63,9 @@ pub struct Context {
     id: WorkerId,
     requests: u64,
     draining: bool,
+    leaving: bool,
+    /// The client address the PROXY header of the connection being served named.
+    peer: Option<SocketAddr>,
     now: Instant,
     /// Messages for the primary, in order; the uplink sends them at the end of the turn.
     outgoing: VecDeque<ToPrimary>,
@@ -80,6 +87,32 @@ impl Context {
     /// True once the worker is shutting down: finish the request in flight, then close.
     pub fn draining(&self) -> bool {
         self.draining
+    }
+
+    /// True once the host is leaving: from a `SIGTERM` with a drain delay (see
+    /// [`crate::Cluster::drain_delay`]) through the shutdown that follows. New connections still
+    /// come while the delay lasts; answer them, but tell health checks the host is going (the
+    /// default server's `/healthz` answers `503`) and close connections after each answer.
+    pub fn leaving(&self) -> bool {
+        self.leaving || self.draining
+    }
+
+    /// The client of the connection being served (the one whose [`Handler::connect`],
+    /// [`Connection::ready`], [`Connection::timed_out`] or [`Connection::drain`] is running):
+    /// the address its PROXY protocol header named, when the cluster expects one
+    /// ([`crate::Cluster::proxy_protocol`]) and the header named one; otherwise the socket's
+    /// own peer, `stream`.
+    pub fn peer_addr(&self, stream: &TcpStream) -> io::Result<SocketAddr> {
+        match self.peer {
+            Some(a) => Ok(a),
+            None => stream.peer_addr(),
+        }
+    }
+
+    /// The address the PROXY protocol header of the connection being served named, if any
+    /// (`None` without `--proxy-protocol`, and for a balancer's own `LOCAL` health checks).
+    pub fn proxied_addr(&self) -> Option<SocketAddr> {
+        self.peer
     }
 
     /// The time the current loop turn started.

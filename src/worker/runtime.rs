@@ -10,6 +10,7 @@ use nix::sys::signal::Signal;
 
 use super::admission::{Accepted, Admission, ListenerIndex};
 use super::faults::Faults;
+use super::preface::{self, HeaderRead, PrefaceKey, Prefaces};
 use super::table::{ConnKey, Entry, Table};
 use super::uplink::{self, Inbound, Uplink, CHANNEL};
 use super::{Connection, Context, Handler, Status, WorkerError};
@@ -30,6 +31,8 @@ pub struct Runtime<H: Handler> {
     ctx: Context,
     table: Table<H::Conn>,
     admission: Admission,
+    /// Connections whose PROXY header is awaited (`None`: the cluster expects none).
+    prefaces: Option<Prefaces>,
     /// Taken in this turn, registered once their ack has left.
     taken: Vec<TcpStream>,
     /// Connections taken in total.
@@ -63,6 +66,7 @@ impl<H: Handler> Runtime<H> {
             ctx: Context::new(env.id, now),
             table: Table::default(),
             admission: Admission::new(env.max_connections),
+            prefaces: env.proxy_header.map(Prefaces::new),
             taken: Vec::new(),
             connections: 0,
             faults: Faults::from_env(env.id),
@@ -85,7 +89,8 @@ impl<H: Handler> Runtime<H> {
         loop {
             let timeout = if self.table.has_yielded() {
                 Some(Duration::ZERO)
-            } else if self.table.is_empty() {
+            } else if self.table.is_empty() && self.prefaces.as_ref().is_none_or(Prefaces::is_empty)
+            {
                 None
             } else {
                 Some(SWEEP_EVERY)
@@ -123,6 +128,13 @@ impl<H: Handler> Runtime<H> {
                 break;
             }
         }
+        if let Some(p) = self.prefaces.as_ref().filter(|p| p.refused > 0) {
+            log::info!(
+                "worker {}: closed {} connections without a valid PROXY header",
+                std::process::id(),
+                p.refused
+            );
+        }
         let stats = self.stats();
         self.ctx.outgoing.push_back(ToPrimary::Stats(stats));
         self.uplink.flush(self.poll.registry(), &mut self.ctx);
@@ -139,6 +151,8 @@ impl<H: Handler> Runtime<H> {
             self.on_signals();
         } else if let Some(i) = ListenerIndex::from_token(token) {
             self.accept_all(i);
+        } else if let Some(key) = PrefaceKey::from_token(token) {
+            self.preface_ready(key);
         } else if let Some(key) = ConnKey::from_token(token) {
             self.conn_ready(key);
         }
@@ -146,7 +160,7 @@ impl<H: Handler> Runtime<H> {
 
     /// Connections served now, counting those taken this turn.
     fn open(&self) -> usize {
-        self.table.len() + self.taken.len()
+        self.table.len() + self.taken.len() + self.prefaces.as_ref().map_or(0, Prefaces::len)
     }
 
     fn stats(&self) -> WorkerStats {
@@ -279,8 +293,78 @@ impl<H: Handler> Runtime<H> {
 
     fn add_conn(&mut self, stream: TcpStream, handed: bool) {
         self.connections += 1;
+        match self.prefaces.as_mut() {
+            Some(p) => {
+                let key = p.insert(stream, handed, self.ctx.now);
+                self.preface_start(key);
+            }
+            None => self.serve(stream, handed, None),
+        }
+    }
+
+    /// A connection that must open with a PROXY header: read it now (it usually came with the
+    /// connection), or wait for it.
+    fn preface_start(&mut self, key: PrefaceKey) {
+        let Some(w) = self.prefaces.as_mut().and_then(|p| p.get_mut(key)) else {
+            return;
+        };
+        if let Err(e) =
+            self.poll
+                .registry()
+                .register(&mut w.stream, key.token(), Interest::READABLE)
+        {
+            log::warn!("cannot register connection: {e}");
+            self.preface_close(key, None);
+            return;
+        }
+        self.preface_ready(key);
+    }
+
+    /// Bytes arrived on a connection waiting for its header.
+    fn preface_ready(&mut self, key: PrefaceKey) {
+        let Some(w) = self.prefaces.as_mut().and_then(|p| p.get_mut(key)) else {
+            return;
+        };
+        match preface::read_header(&mut w.stream) {
+            HeaderRead::More => {}
+            HeaderRead::Refused(why) => self.preface_close(key, Some(&why)),
+            HeaderRead::Done(peer) => {
+                let Some(mut w) = self.prefaces.as_mut().and_then(|p| p.remove(key)) else {
+                    return;
+                };
+                let _ = self.poll.registry().deregister(&mut w.stream);
+                self.serve(w.stream, w.handed, peer);
+            }
+        }
+    }
+
+    /// Closes a connection that gave no valid header (`why`), or could not be watched.
+    fn preface_close(&mut self, key: PrefaceKey, why: Option<&str>) {
+        let Some(p) = self.prefaces.as_mut() else {
+            return;
+        };
+        let Some(mut w) = p.remove(key) else {
+            return;
+        };
+        if let Some(why) = why {
+            p.refused += 1;
+            log::debug!(
+                "worker {}: closing a connection without a valid PROXY header: {why}",
+                std::process::id()
+            );
+        }
+        let _ = self.poll.registry().deregister(&mut w.stream);
+        if w.handed {
+            let _ = w.stream.shutdown(std::net::Shutdown::Write);
+        }
+        self.uplink.closed();
+    }
+
+    /// Hands a connection to the handler; `peer` is the client its PROXY header named.
+    fn serve(&mut self, stream: TcpStream, handed: bool, peer: Option<std::net::SocketAddr>) {
+        self.ctx.peer = peer;
         let conn = self.handler.connect(stream, &mut self.ctx);
-        let key = self.table.insert(Entry { conn, handed });
+        let key = self.table.insert(Entry { conn, handed, peer });
         let Some(entry) = self.table.get_mut(key) else {
             return;
         };
@@ -302,6 +386,7 @@ impl<H: Handler> Runtime<H> {
         let Some(entry) = self.table.get_mut(key) else {
             return;
         };
+        self.ctx.peer = entry.peer;
         let status = entry.conn.ready(&mut self.ctx);
         self.apply(key, status);
     }
@@ -334,9 +419,14 @@ impl<H: Handler> Runtime<H> {
             .keys_where(|e| e.conn.deadline().is_some_and(|d| d <= now))
         {
             if let Some(entry) = self.table.get_mut(key) {
+                self.ctx.peer = entry.peer;
                 let status = entry.conn.timed_out(&mut self.ctx);
                 self.apply(key, status);
             }
+        }
+        let late = self.prefaces.as_ref().map(|p| p.late(now));
+        for key in late.unwrap_or_default() {
+            self.preface_close(key, Some("no complete header within the header timeout"));
         }
     }
 
@@ -371,6 +461,7 @@ impl<H: Handler> Runtime<H> {
         self.admission.close_listeners(self.poll.registry());
         for key in self.table.keys() {
             if let Some(entry) = self.table.get_mut(key) {
+                self.ctx.peer = entry.peer;
                 let status = entry.conn.drain(&mut self.ctx);
                 self.apply(key, status);
             }

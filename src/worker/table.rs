@@ -31,6 +31,8 @@ pub struct Entry<C> {
     /// Handed over by the primary (which may still hold a copy until it reads our ack), rather
     /// than accepted here.
     pub handed: bool,
+    /// The client address its PROXY protocol header named, if any.
+    pub peer: Option<std::net::SocketAddr>,
 }
 
 /// Every connection the worker serves.

@@ -1,0 +1,118 @@
+//! `--proxy-protocol`, `/ip` and `/healthz` on one herd, with a test client that writes the
+//! PROXY headers itself (HAProxy in front of three hosts is `tests/haproxy.rs`).
+
+mod common;
+
+use std::io::Write;
+use std::net::SocketAddr;
+
+use common::*;
+use herd::proxy_protocol::{v1_header, v2_header, v2_local_header};
+use nix::sys::signal::Signal;
+
+/// `prefix` then a `Connection: close` request for `path`; the parsed answer (`None`: the
+/// server closed without a byte).
+fn ask(addr: SocketAddr, prefix: &[u8], path: &str) -> Option<Response> {
+    let mut bytes = prefix.to_vec();
+    write!(
+        bytes,
+        "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let (out, end) = exchange(addr, &bytes, DEADLINE);
+    assert_ne!(end, End::Open, "the server neither answered nor closed");
+    if out.is_empty() {
+        return None;
+    }
+    parse_responses(&out).into_iter().next()
+}
+
+fn client() -> SocketAddr {
+    "127.0.0.9:41000".parse().unwrap()
+}
+
+#[test]
+fn ip_is_the_header_s_client_in_both_versions() {
+    let server = Server::start(&["--workers", "2", "--proxy-protocol"]);
+    let addr = server.addr();
+    for header in [v1_header(client(), addr), v2_header(client(), addr)] {
+        for _ in 0..4 {
+            let r = ask(addr, &header, "/ip").expect("an answer");
+            assert_eq!((r.status, r.text()), (200, "127.0.0.9".to_string()));
+        }
+    }
+    let six: SocketAddr = "[2001:db8::9]:5".parse().unwrap();
+    let dst6: SocketAddr = "[::1]:80".parse().unwrap();
+    let r = ask(addr, &v2_header(six, dst6), "/ip").expect("an answer");
+    assert_eq!(r.text(), "2001:db8::9");
+    // A balancer's own health check: LOCAL (v2) or UNKNOWN (v1), the socket's peer is the client.
+    let r = ask(addr, &v2_local_header(), "/healthz").expect("an answer");
+    assert_eq!((r.status, r.text()), (200, "ok\n".to_string()));
+    let r = ask(addr, b"PROXY UNKNOWN\r\n", "/ip").expect("an answer");
+    assert_eq!(r.text(), "127.0.0.1");
+    // Keep-alive: the header comes once, then any number of requests.
+    let mut bytes = v2_header(client(), addr);
+    bytes.extend_from_slice(
+        b"GET /ip HTTP/1.1\r\nHost: t\r\n\r\nGET /ip HTTP/1.1\r\nHost: t\r\n\r\n",
+    );
+    bytes.extend_from_slice(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    let (out, _) = exchange(addr, &bytes, DEADLINE);
+    let answers = parse_responses(&out);
+    assert_eq!(answers.len(), 3, "{}", String::from_utf8_lossy(&out));
+    assert_eq!(answers[0].text(), "127.0.0.9");
+    assert_eq!(answers[1].text(), "127.0.0.9");
+    assert!(answers[2].text().starts_with("Hello World!"));
+}
+
+#[test]
+fn without_a_valid_header_a_connection_is_closed_unanswered_and_counted() {
+    let mut server = Server::start(&[
+        "--workers",
+        "1",
+        "--proxy-protocol",
+        "--header-timeout",
+        "1s",
+    ]);
+    let addr = server.addr();
+    let bad: [&[u8]; 4] = [
+        b"",                                        // no header: a plain request
+        b"PROXY TCP4 1.2.3.4 5.6.7.8 99999 80\r\n", // a port out of range
+        b"PROXY TCP9 1.2.3.4 5.6.7.8 1 80\r\n",     // no such protocol
+        b"\r\n\r\n\0\r\nQUIT\n\x31\x11\x00\x0c",    // v2 signature, version 3
+    ];
+    for prefix in bad {
+        assert!(
+            ask(addr, prefix, "/").is_none(),
+            "answered without a valid header: {prefix:?}"
+        );
+    }
+    // A header that never completes: closed at the header timeout, without a byte.
+    let mut slow = connect(addr);
+    slow.write_all(b"PROXY TCP4 127.0.0.9 ").unwrap();
+    let (out, end) = read_to_close(&mut slow, DEADLINE);
+    assert_eq!((out.len(), end), (0, End::Eof));
+    // The host still serves.
+    let r = ask(addr, &v1_header(client(), addr), "/").expect("an answer");
+    assert_eq!(r.status, 200);
+    server.signal(Signal::SIGTERM);
+    assert!(server.wait_exit(DEADLINE).success());
+    assert!(
+        server
+            .find_log("closed 5 connections without a valid PROXY header")
+            .is_some(),
+        "{}",
+        server.log_text()
+    );
+}
+
+#[test]
+fn without_the_flag_ip_is_the_socket_s_peer_and_health_is_ok() {
+    let server = Server::start(&["--workers", "1"]);
+    let r = get(server.addr(), "/ip").unwrap();
+    assert_eq!((r.status, r.text()), (200, "127.0.0.1".to_string()));
+    let r = get(server.addr(), "/healthz").unwrap();
+    assert_eq!((r.status, r.text()), (200, "ok\n".to_string()));
+    // A PROXY header is not expected here: it is just a bad request.
+    let r = ask(server.addr(), &v1_header(client(), server.addr()), "/ip").expect("an answer");
+    assert_eq!(r.status, 400);
+}
