@@ -101,6 +101,10 @@ struct ServeArgs {
     /// header timeout is closed unanswered
     #[arg(long)]
     proxy_protocol: bool,
+    /// On SIGTERM, fail /healthz (503) and go on serving this long, answers saying
+    /// Connection: close, before shutting down (longer than the balancer's fall x inter)
+    #[arg(long, default_value = "0s", value_parser = duration)]
+    drain_delay: Duration,
 }
 
 impl ServeArgs {
@@ -136,7 +140,8 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         .max_pending(args.max_pending as usize)
         .worker_timeout(args.worker_timeout)
         .defer_accept(Some(args.header_timeout))
-        .proxy_protocol(args.proxy_protocol.then_some(args.header_timeout));
+        .proxy_protocol(args.proxy_protocol.then_some(args.header_timeout))
+        .drain_delay(args.drain_delay);
     if let Some(n) = args.workers {
         cluster = cluster.workers(n as usize);
     }

@@ -45,6 +45,9 @@ pub enum ToWorker {
     Disconnect,
     /// Report your counters with [`ToPrimary::Stats`].
     StatsRequest,
+    /// The host is leaving (a `SIGTERM` with a drain delay): go on serving, but fail health
+    /// checks and close connections after each answer ([`crate::Context::leaving`]).
+    Leaving,
     /// A user message (`Control::send` in the primary).
     Message(Vec<u8>),
 }
@@ -113,6 +116,7 @@ const T_LISTEN: u8 = 2;
 const T_DISCONNECT: u8 = 3;
 const T_STATS_REQ: u8 = 4;
 const T_MSG: u8 = 5;
+const T_LEAVING: u8 = 6;
 const P_ONLINE: u8 = 101;
 const P_LISTENING: u8 = 102;
 const P_ACK: u8 = 103;
@@ -172,6 +176,7 @@ impl Outgoing for ToWorker {
             ToWorker::Listen => out.push(T_LISTEN),
             ToWorker::Disconnect => out.push(T_DISCONNECT),
             ToWorker::StatsRequest => out.push(T_STATS_REQ),
+            ToWorker::Leaving => out.push(T_LEAVING),
             ToWorker::Message(p) => write_payload(T_MSG, p, out)?,
         }
         Ok(())
@@ -200,6 +205,7 @@ impl Incoming for ToWorker {
             Some(&T_LISTEN) => Ok(ToWorker::Listen),
             Some(&T_DISCONNECT) => Ok(ToWorker::Disconnect),
             Some(&T_STATS_REQ) => Ok(ToWorker::StatsRequest),
+            Some(&T_LEAVING) => Ok(ToWorker::Leaving),
             Some(&T_MSG) => Ok(ToWorker::Message(body.to_vec())),
             _ => Err(IpcError::Malformed("unknown tag from primary")),
         }
@@ -307,6 +313,7 @@ mod tests {
             ToWorker::Listen,
             ToWorker::Disconnect,
             ToWorker::StatsRequest,
+            ToWorker::Leaving,
             ToWorker::Message(b"hi".to_vec()),
         ] {
             assert_eq!(ToWorker::decode(&bytes(&m)).unwrap(), m);

@@ -19,6 +19,7 @@ mod adopt;
 mod control;
 mod events;
 mod handoff;
+mod leave;
 mod messages;
 mod reload;
 mod report;
@@ -97,6 +98,8 @@ struct Phase {
     stats_wanted: Option<Instant>,
     /// When the watchdog last looked.
     last_watch: Option<Instant>,
+    /// The host is leaving (drain delay); the shutdown starts at this time.
+    leave_at: Option<Instant>,
 }
 
 /// The primary process's state.
@@ -268,6 +271,7 @@ impl Primary {
             .chain(self.next_watch())
             .chain(self.phase.stats_wanted)
             .chain(self.phase.shutdown_deadline)
+            .chain(self.phase.leave_at)
             .chain(reload)
             .chain(self.acceptor.retry_at())
             .min()
@@ -287,6 +291,7 @@ impl Primary {
             self.dispatch();
         }
         self.step_reload(now);
+        self.leave_due(now);
         self.watch(now);
         if self.phase.stats_wanted.is_some_and(|t| t <= now) {
             self.print_report();
@@ -304,7 +309,7 @@ impl Primary {
         for sig in pending {
             match sig {
                 Signal::SIGCHLD => self.reap(),
-                Signal::SIGINT | Signal::SIGTERM => self.begin_shutdown(),
+                Signal::SIGINT | Signal::SIGTERM => self.stop_signal(),
                 Signal::SIGHUP => self.begin_reload(),
                 Signal::SIGUSR2 => self.request_stats(),
                 _ => {}

@@ -51,6 +51,7 @@ impl Primary {
             let _ = p.child.kill();
         }
         self.emit(Event::Fork { id, pid });
+        self.tell_leaving(key);
         Some(key)
     }
 

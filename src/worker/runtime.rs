@@ -224,6 +224,10 @@ impl<H: Handler> Runtime<H> {
                 None => log::error!("listen message arrived without its socket"),
             },
             ToWorker::Disconnect => self.start_drain(),
+            ToWorker::Leaving => {
+                log::info!("worker {}: host leaving", std::process::id());
+                self.ctx.leaving = true;
+            }
             ToWorker::StatsRequest => {
                 let s = self.stats();
                 self.ctx.outgoing.push_back(ToPrimary::Stats(s));
