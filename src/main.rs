@@ -105,6 +105,10 @@ struct ServeArgs {
     /// Connection: close, before shutting down (longer than the balancer's fall x inter)
     #[arg(long, default_value = "0s", value_parser = duration)]
     drain_delay: Duration,
+    /// Write an access log to stdout: one line per request, combined log format, with the
+    /// real client address
+    #[arg(long)]
+    access_log: bool,
 }
 
 impl ServeArgs {
@@ -131,6 +135,7 @@ impl ServeArgs {
 
 fn serve(args: ServeArgs) -> Result<(), String> {
     let limits = args.limits();
+    let access_log = args.access_log;
     let mut cluster = Cluster::new()
         .addr(args.addr()?)
         .policy(args.policy)
@@ -146,7 +151,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         cluster = cluster.workers(n as usize);
     }
     cluster
-        .run(|| HttpHandler::new(limits))
+        .run(|| HttpHandler::new(limits).access_log(access_log))
         .map_err(|e| e.to_string())
 }
 

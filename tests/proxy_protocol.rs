@@ -116,3 +116,35 @@ fn without_the_flag_ip_is_the_socket_s_peer_and_health_is_ok() {
     let r = ask(server.addr(), &v1_header(client(), server.addr()), "/ip").expect("an answer");
     assert_eq!(r.status, 400);
 }
+
+#[test]
+fn the_access_log_has_one_combined_line_per_request_with_the_real_client() {
+    let out = std::sync::Arc::new(Log::default());
+    let server = Launch::herd(&["--workers", "2", "--proxy-protocol", "--access-log"])
+        .stdout(Stdout::Apart(out.clone()))
+        .start();
+    let addr = server.addr();
+    let mut bytes = v2_header(client(), addr);
+    bytes.extend_from_slice(
+        b"GET /ip HTTP/1.1\r\nHost: t\r\nUser-Agent: probe/1\r\nReferer: http://r/\r\n\r\n",
+    );
+    bytes.extend_from_slice(b"GET /nope HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    let (answers, _) = exchange(addr, &bytes, DEADLINE);
+    assert_eq!(parse_responses(&answers).len(), 2);
+    let lines = wait_for("two access log lines", DEADLINE, || {
+        let lines = out.lines();
+        (lines.len() >= 2).then_some(lines)
+    });
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    let ip = &lines[0];
+    assert!(ip.starts_with("127.0.0.9 - - ["), "{ip}");
+    assert!(
+        ip.ends_with(" +0000] \"GET /ip HTTP/1.1\" 200 9 \"http://r/\" \"probe/1\""),
+        "{ip}"
+    );
+    assert!(
+        lines[1].ends_with("\"GET /nope HTTP/1.1\" 404 10 \"-\" \"-\""),
+        "{}",
+        lines[1]
+    );
+}

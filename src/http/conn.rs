@@ -213,6 +213,7 @@ impl Connection for HttpConn {
         }
         let status = self.run(ctx);
         self.track(ctx.now());
+        self.session.flush_log();
         status
     }
 

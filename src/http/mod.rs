@@ -18,6 +18,7 @@
 //! `keepalive_timeout`; a response that makes no progress for 60 s is abandoned. An incomplete
 //! head or body at its deadline is answered `408`.
 
+pub mod access_log;
 pub mod body;
 mod conn;
 pub mod request;
@@ -92,6 +93,15 @@ impl HttpHandler {
             shared: session::Shared::new(),
             limits,
         }
+    }
+
+    /// Writes an access log to stdout (`on`): one line per answered request in the combined
+    /// log format, with the client's real address (see [`access_log`]).
+    pub fn access_log(mut self, on: bool) -> HttpHandler {
+        if on {
+            self.shared = self.shared.with_access_log();
+        }
+        self
     }
 }
 

@@ -55,6 +55,10 @@ pub struct Head {
     pub expect_continue: bool,
     /// Length of the head in bytes, including the blank line.
     pub len: usize,
+    /// The `Referer` header, if sent (for the access log).
+    pub referer: Option<String>,
+    /// The `User-Agent` header, if sent (for the access log).
+    pub user_agent: Option<String>,
 }
 
 impl Head {
@@ -127,6 +131,8 @@ struct Fields {
     keep_alive: bool,
     expect_continue: bool,
     hosts: usize,
+    referer: Option<String>,
+    user_agent: Option<String>,
 }
 
 impl Fields {
@@ -160,6 +166,10 @@ impl Fields {
                 return Err(reject(400, "invalid host"));
             }
             self.hosts += 1;
+        } else if name.eq_ignore_ascii_case("referer") {
+            self.referer = Some(String::from_utf8_lossy(value).into_owned());
+        } else if name.eq_ignore_ascii_case("user-agent") {
+            self.user_agent = Some(String::from_utf8_lossy(value).into_owned());
         }
         Ok(())
     }
@@ -290,6 +300,8 @@ fn parse_into<'b>(
         body,
         expect_continue: fields.expect_continue,
         len,
+        referer: fields.referer,
+        user_agent: fields.user_agent,
     }))
 }
 

@@ -19,6 +19,16 @@ pub enum Reply {
     Bytes(u64),
 }
 
+impl Reply {
+    /// The status it answers with.
+    pub fn status(&self) -> u16 {
+        match self {
+            Reply::Text(s, _) => *s,
+            Reply::Bytes(_) => 200,
+        }
+    }
+}
+
 fn query_u64(target: &str, key: &str) -> Option<u64> {
     let (_, q) = target.split_once('?')?;
     q.split('&')
@@ -119,14 +129,5 @@ mod tests {
             peer: &mut peer,
         };
         assert_eq!(route("HEAD", "/ip", b"", unknown).status(), 500);
-    }
-
-    impl Reply {
-        fn status(&self) -> u16 {
-            match self {
-                Reply::Text(s, _) => *s,
-                Reply::Bytes(_) => 200,
-            }
-        }
     }
 }

@@ -9,6 +9,7 @@ use std::io::{self, Read};
 use std::net::SocketAddr;
 use std::rc::Rc;
 
+use super::access_log::AccessLog;
 use super::body::Decoder;
 use super::request::{self, Head, Reject};
 use super::response::{self, DateCache};
@@ -29,6 +30,8 @@ pub(super) struct Shared {
     /// connection's input: no 16 KiB zeroed per read, and a connection's input buffer holds
     /// what it received rather than a whole read chunk.
     scratch: Rc<RefCell<Box<[u8]>>>,
+    /// The access log, when it is on.
+    log: Option<Rc<RefCell<AccessLog>>>,
 }
 
 impl Shared {
@@ -39,6 +42,20 @@ impl Shared {
                 .into(),
             date: Rc::default(),
             scratch: Rc::new(RefCell::new(vec![0; READ_CHUNK].into_boxed_slice())),
+            log: None,
+        }
+    }
+
+    /// The same, with an access log on stdout.
+    pub(super) fn with_access_log(mut self) -> Shared {
+        self.log = Some(Rc::default());
+        self
+    }
+
+    /// Writes the access log lines gathered so far.
+    pub(super) fn flush_log(&self) {
+        if let Some(log) = &self.log {
+            log.borrow_mut().flush();
         }
     }
 }
@@ -136,6 +153,11 @@ impl Session {
             requests: 0,
             peer: None,
         }
+    }
+
+    /// Writes the access log lines gathered so far (none when the log is off).
+    pub fn flush_log(&self) {
+        self.shared.flush_log();
     }
 
     /// The limits this session enforces.
@@ -242,6 +264,19 @@ impl Session {
             peer: &mut peer,
         };
         let reply = routes::route(&head.method, &head.path, &self.shared.hello, host);
+        if let Some(log) = &self.shared.log {
+            let (status, bytes) = match &reply {
+                _ if head.is_head() => (reply.status(), None),
+                Reply::Text(status, body) => (*status, Some(body.len() as u64)),
+                Reply::Bytes(n) => (200, Some(*n)),
+            };
+            let client = peer().map(|a| a.ip());
+            let mut log = log.borrow_mut();
+            log.record(client, head, status, bytes);
+            if log.full() {
+                log.flush();
+            }
+        }
         let mut date = self.shared.date.borrow_mut();
         match reply {
             Reply::Text(status, body) => response::write(
