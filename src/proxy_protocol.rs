@@ -45,7 +45,11 @@ pub struct InvalidHeader(pub String);
 /// follows); only the header's length is reported.
 pub fn parse(buf: &[u8]) -> Result<Parsed, InvalidHeader> {
     let result = HeaderResult::parse(buf);
-    if result.is_incomplete() || v1_line_unfinished(&result, buf) {
+    let incomplete = match &result {
+        HeaderResult::V1(r) => r.is_err() && v1_line_unfinished(buf),
+        HeaderResult::V2(r) => r.is_incomplete(),
+    };
+    if incomplete {
         return Ok(Parsed::Incomplete {
             need: incomplete_need(&result, buf.len()),
         });
@@ -77,11 +81,11 @@ pub fn parse(buf: &[u8]) -> Result<Parsed, InvalidHeader> {
 }
 
 /// A version 1 header is one line: until its line ends (within the 107 bytes it may take),
-/// what looks like its start is not judged, even where the part so far ends mid-field.
-fn v1_line_unfinished(result: &HeaderResult<'_>, buf: &[u8]) -> bool {
+/// what looks like its start is not judged, even where the part so far ends mid-field; once
+/// it has ended, it is valid or not (a line with fields missing is not waiting for more).
+fn v1_line_unfinished(buf: &[u8]) -> bool {
     const PREFIX: &[u8] = b"PROXY ";
-    matches!(result, HeaderResult::V1(Err(_)))
-        && buf.len() < MAX_V1_LEN
+    buf.len() < MAX_V1_LEN
         && !buf.contains(&b'\n')
         && (buf.starts_with(PREFIX) || PREFIX.starts_with(buf))
 }
@@ -208,6 +212,8 @@ mod tests {
             b"PROXY TCP4 1.2.3.4 5.6.7.8 99999 1\r\n",
             b"PROXY TCP4 1.2.3.400 5.6.7.8 1 1\r\n",
             b"PROXY SCTP 1.2.3.4 5.6.7.8 1 1\r\n",
+            b"PROXY TCP4 nonsense\r\nGET / HTTP/1.1\r\n",
+            b"PROXY TCP4\r\n",
             &[b'x'; MAX_V1_LEN + 1],
             b"\r\n\r\n\0\r\nQUIT\n\x31\x11\0\x0c",
         ] {

@@ -108,6 +108,16 @@ impl Launch {
             .env("RUST_LOG", "info")
     }
 
+    /// `herd serve` on `host:port` with `args`, logging at info level (several hosts on one
+    /// port, each on its own loopback address).
+    pub fn herd_at(host: &str, port: u16, args: &[&str]) -> Launch {
+        let port = port.to_string();
+        let serve = ["serve", "--host", host, "--port", port.as_str()];
+        Launch::new("herd", herd_bin().into(), &serve)
+            .args(args)
+            .env("RUST_LOG", "info")
+    }
+
     /// Example `name` with `args`, its stdout and stderr both in the log. One that serves must
     /// take the port as an argument: pass "0".
     pub fn example(name: &str, args: &[&str]) -> Launch {
