@@ -148,3 +148,46 @@ fn the_access_log_has_one_combined_line_per_request_with_the_real_client() {
         lines[1]
     );
 }
+
+#[test]
+fn bench_sends_a_v2_header_on_every_new_connection() {
+    // herd bench starts its clusters with --proxy-protocol: a connection opened without the
+    // header would be closed unanswered and counted as an error.
+    for workload in ["close", "keepalive"] {
+        let json = std::env::temp_dir().join(format!(
+            "herd-bench-pp-{}-{workload}.json",
+            std::process::id()
+        ));
+        let out = std::process::Command::new(herd_bin())
+            .args([
+                "bench",
+                "--proxy-protocol",
+                "--duration",
+                "1s",
+                "--warmup",
+                "0s",
+            ])
+            .args([
+                "--workers",
+                "2",
+                "--connections",
+                "4",
+                "--policies",
+                "round-robin",
+            ])
+            .args(["--workload", workload, "--json", json.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        let r = &v["results"][0];
+        assert_eq!(r["errors"].as_u64(), Some(0), "{workload}: {r}");
+        assert!(r["requests"].as_u64().unwrap() > 0, "{workload}: {r}");
+        let _ = std::fs::remove_file(json);
+    }
+}

@@ -126,6 +126,10 @@ pub struct BenchArgs {
         conflicts_with = "target"
     )]
     pub serve_arg: Vec<String>,
+    /// Open every connection with a PROXY protocol v2 header (and start herd with
+    /// --proxy-protocol): measures what reading the header costs per connection
+    #[arg(long)]
+    pub proxy_protocol: bool,
     /// Time a cluster gets to print its 'listening on' line
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     pub start_timeout: Duration,
@@ -227,6 +231,9 @@ impl BenchArgs {
             duration: self.duration,
             timeout: self.timeout,
             seed: self.seed,
+            proxy_header: self.proxy_protocol.then(|| {
+                crate::proxy_protocol::v2_header(SocketAddr::from(([127, 0, 0, 1], 1)), addr)
+            }),
         }
     }
 }
@@ -300,8 +307,11 @@ fn measure(args: &BenchArgs, subject: &Subject) -> Result<PolicyResult, BenchErr
         Subject::Herd { exe, policy } => {
             let workers = args.worker_count();
             eprintln!("[{policy}] starting a cluster of {workers} workers");
-            let server =
-                cluster::start(exe, *policy, workers, &args.serve_arg, args.start_timeout)?;
+            let mut serve_args = args.serve_arg.clone();
+            if args.proxy_protocol {
+                serve_args.push("--proxy-protocol".into());
+            }
+            let server = cluster::start(exe, *policy, workers, &serve_args, args.start_timeout)?;
             let cfg = args.load_config(server.addr, server.addr.to_string(), None);
             let (stats, used, client) = drive(&cfg, policy.name(), Some(&server))?;
             let pids = server.workers.clone();

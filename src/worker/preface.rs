@@ -76,9 +76,10 @@ pub fn read_header(stream: &mut TcpStream) -> HeaderRead {
         };
         match proxy_protocol::parse(buf.get(..n).unwrap_or_default()) {
             Ok(Parsed::Header { len, source }) => {
-                let mut header = vec![0u8; len];
-                // The bytes were peeked: they are in the socket, and one read takes them.
-                return match stream.read(&mut header) {
+                // The bytes were peeked: they are in the socket, and one read takes them (into
+                // the buffer that already holds them).
+                let header = buf.get_mut(..len).unwrap_or_default();
+                return match stream.read(header) {
                     Ok(got) if got == len => HeaderRead::Done(source),
                     Ok(_) => HeaderRead::Refused("short read of a peeked header".into()),
                     Err(e) => HeaderRead::Refused(e.to_string()),

@@ -307,21 +307,26 @@ impl<H: Handler> Runtime<H> {
     }
 
     /// A connection that must open with a PROXY header: read it now (it usually came with the
-    /// connection), or wait for it.
+    /// connection, always with `TCP_DEFER_ACCEPT`: then it is never registered under its
+    /// waiting token), or wait for it.
     fn preface_start(&mut self, key: PrefaceKey) {
         let Some(w) = self.prefaces.as_mut().and_then(|p| p.get_mut(key)) else {
             return;
         };
+        match preface::read_header(&mut w.stream) {
+            HeaderRead::More => {}
+            HeaderRead::Refused(why) => return self.preface_close(key, Some(&why), false),
+            HeaderRead::Done(peer) => return self.preface_done(key, peer, false),
+        }
         if let Err(e) =
             self.poll
                 .registry()
                 .register(&mut w.stream, key.token(), Interest::READABLE)
         {
+            // (Bytes that come between the read and the registration raise an event.)
             log::warn!("cannot register connection: {e}");
-            self.preface_close(key, None);
-            return;
+            self.preface_close(key, None, false);
         }
-        self.preface_ready(key);
     }
 
     /// Bytes arrived on a connection waiting for its header.
@@ -331,19 +336,29 @@ impl<H: Handler> Runtime<H> {
         };
         match preface::read_header(&mut w.stream) {
             HeaderRead::More => {}
-            HeaderRead::Refused(why) => self.preface_close(key, Some(&why)),
-            HeaderRead::Done(peer) => {
-                let Some(mut w) = self.prefaces.as_mut().and_then(|p| p.remove(key)) else {
-                    return;
-                };
-                let _ = self.poll.registry().deregister(&mut w.stream);
-                self.serve(w.stream, w.handed, peer);
-            }
+            HeaderRead::Refused(why) => self.preface_close(key, Some(&why), true),
+            HeaderRead::Done(peer) => self.preface_done(key, peer, true),
         }
     }
 
+    /// The header of `key` was read: the handler gets the connection.
+    fn preface_done(
+        &mut self,
+        key: PrefaceKey,
+        peer: Option<std::net::SocketAddr>,
+        registered: bool,
+    ) {
+        let Some(mut w) = self.prefaces.as_mut().and_then(|p| p.remove(key)) else {
+            return;
+        };
+        if registered {
+            let _ = self.poll.registry().deregister(&mut w.stream);
+        }
+        self.serve(w.stream, w.handed, peer);
+    }
+
     /// Closes a connection that gave no valid header (`why`), or could not be watched.
-    fn preface_close(&mut self, key: PrefaceKey, why: Option<&str>) {
+    fn preface_close(&mut self, key: PrefaceKey, why: Option<&str>, registered: bool) {
         let Some(p) = self.prefaces.as_mut() else {
             return;
         };
@@ -357,7 +372,9 @@ impl<H: Handler> Runtime<H> {
                 std::process::id()
             );
         }
-        let _ = self.poll.registry().deregister(&mut w.stream);
+        if registered {
+            let _ = self.poll.registry().deregister(&mut w.stream);
+        }
         if w.handed {
             let _ = w.stream.shutdown(std::net::Shutdown::Write);
         }
@@ -430,7 +447,11 @@ impl<H: Handler> Runtime<H> {
         }
         let late = self.prefaces.as_ref().map(|p| p.late(now));
         for key in late.unwrap_or_default() {
-            self.preface_close(key, Some("no complete header within the header timeout"));
+            self.preface_close(
+                key,
+                Some("no complete header within the header timeout"),
+                true,
+            );
         }
     }
 

@@ -205,6 +205,9 @@ impl Loop<'_> {
         self.prepare_request(i);
         let now = Instant::now();
         let c = &mut self.conns[i];
+        if let Some(header) = &self.cfg.proxy_header {
+            c.out.splice(0..0, header.iter().copied());
+        }
         c.started = now;
         c.buf.clear();
         c.parser = Parser::default();

@@ -80,6 +80,8 @@ pub struct LoadConfig {
     pub timeout: Duration,
     /// Seed of the `mixed` cost sequence.
     pub seed: u64,
+    /// Bytes sent first on every new connection (a PROXY protocol header), if any.
+    pub proxy_header: Option<Vec<u8>>,
 }
 
 /// The moments of a run the caller may want to sample something at.
