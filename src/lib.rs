@@ -346,6 +346,7 @@ impl Cluster {
             orphan_grace: self.shutdown_timeout,
             max_connections: self.max_connections,
             proxy_header: self.proxy_header,
+            leave_on_term: !self.drain_delay.is_zero(),
         };
         let config = primary::Config {
             workers: self.workers,

@@ -26,14 +26,18 @@ const ORPHAN_GRACE_MS: &str = "HERD_WORKER_ORPHAN_GRACE_MS";
 /// Present: every connection starts with a PROXY protocol header, due within this many
 /// milliseconds.
 const PROXY_HEADER_MS: &str = "HERD_WORKER_PROXY_HEADER_MS";
+/// `1`: the cluster has a drain delay; a `SIGTERM` sent to the whole process group (systemd's
+/// default) only marks the worker as leaving, and the primary says when to stop.
+const LEAVE_ON_TERM: &str = "HERD_WORKER_LEAVE_ON_TERM";
 /// Every variable of the contract, for removal.
-const ALL: [&str; 6] = [
+const ALL: [&str; 7] = [
     ID,
     CHANNEL_FD,
     REPORT_CLOSES,
     MAX_CONNECTIONS,
     ORPHAN_GRACE_MS,
     PROXY_HEADER_MS,
+    LEAVE_ON_TERM,
 ];
 /// The grace when the variable is absent (the primary's default shutdown timeout).
 const DEFAULT_ORPHAN_GRACE: Duration = Duration::from_secs(30);
@@ -54,6 +58,8 @@ pub struct WorkerEnv {
     pub orphan_grace: Duration,
     /// `Some(t)`: every connection starts with a PROXY protocol header, due within `t`.
     pub proxy_header: Option<Duration>,
+    /// The cluster has a drain delay: on `SIGTERM` only leave (the primary coordinates).
+    pub leave_on_term: bool,
 }
 
 /// Why the environment did not describe a worker.
@@ -69,6 +75,9 @@ impl WorkerEnv {
             .env(REPORT_CLOSES, if self.report_closes { "1" } else { "0" })
             .env(MAX_CONNECTIONS, self.max_connections.to_string())
             .env(ORPHAN_GRACE_MS, self.orphan_grace.as_millis().to_string());
+        if self.leave_on_term {
+            cmd.env(LEAVE_ON_TERM, "1");
+        }
         if let Some(t) = self.proxy_header {
             cmd.env(PROXY_HEADER_MS, t.as_millis().to_string());
         }
@@ -114,6 +123,7 @@ impl WorkerEnv {
                         Duration::from_millis(v.parse().map_err(|_| BadWorkerEnv(ORPHAN_GRACE_MS))?)
                     }
                 },
+                leave_on_term: var(LEAVE_ON_TERM).is_some_and(|v| v == "1"),
                 proxy_header: match var(PROXY_HEADER_MS) {
                     None => None,
                     Some(v) => Some(Duration::from_millis(
@@ -140,6 +150,7 @@ mod tests {
             max_connections: 9,
             orphan_grace: Duration::from_millis(1500),
             proxy_header: Some(Duration::from_millis(2500)),
+            leave_on_term: true,
         };
         let mut cmd = Command::new("true");
         env.apply(&mut cmd);

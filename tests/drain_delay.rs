@@ -15,8 +15,8 @@ fn health(server: &Server) -> u16 {
 
 #[test]
 fn sigterm_fails_health_and_keeps_serving_for_the_delay() {
-    let delay = Duration::from_secs(2);
-    let mut server = Server::start(&["--workers", "2", "--drain-delay", "2s"]);
+    let delay = Duration::from_secs(5);
+    let mut server = Server::start(&["--workers", "2", "--drain-delay", "5s"]);
     assert_eq!(health(&server), 200);
     // A keep-alive connection served before the signal.
     let mut kept = connect(server.addr());
@@ -82,4 +82,30 @@ fn a_bad_drain_delay_is_a_one_line_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("--drain-delay"), "{err}");
+}
+
+#[test]
+fn a_sigterm_to_every_process_as_systemd_sends_it_still_drains() {
+    let mut server = Server::start(&["--workers", "2", "--drain-delay", "5s"]);
+    let signalled = Instant::now();
+    for pid in server.workers() {
+        send_signal(pid, Signal::SIGTERM).unwrap();
+    }
+    server.signal(Signal::SIGTERM);
+    wait_for("/healthz to answer 503", DEADLINE, || {
+        (health(&server) == 503).then_some(())
+    });
+    // The workers took the signal as "leaving", not "stop": the host still serves.
+    for _ in 0..4 {
+        let r = get(server.addr(), "/").unwrap();
+        assert_eq!((r.status, r.header("connection")), (200, Some("close")));
+    }
+    assert!(server.wait_exit(DEADLINE).success());
+    assert!(signalled.elapsed() >= Duration::from_secs(5));
+    assert_eq!(
+        server.count_log("host leaving (SIGTERM)"),
+        2,
+        "{}",
+        server.log_text()
+    );
 }

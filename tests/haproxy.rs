@@ -19,7 +19,7 @@ use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, SockaddrIn};
 
 const HOSTS: [&str; 3] = ["127.0.0.2", "127.0.0.3", "127.0.0.4"];
 /// Longer than the checks' fall x inter (2 x 200ms in the test), with a margin.
-const DRAIN_DELAY: &str = "1500ms";
+const DRAIN_DELAY: &str = "2s";
 /// The shipped configuration, run as it is but for the lines [`config`] replaces.
 const DEPLOY: &str = include_str!("../deploy/haproxy.cfg");
 

@@ -27,6 +27,8 @@ pub struct Spawner {
     pub orphan_grace: std::time::Duration,
     /// `Some(t)`: connections start with a PROXY protocol header, due within `t`.
     pub proxy_header: Option<std::time::Duration>,
+    /// The cluster has a drain delay (workers leave on `SIGTERM`, the primary coordinates).
+    pub leave_on_term: bool,
 }
 
 impl Spawner {
@@ -48,6 +50,7 @@ impl Spawner {
             max_connections: self.max_connections,
             orphan_grace: self.orphan_grace,
             proxy_header: self.proxy_header,
+            leave_on_term: self.leave_on_term,
         }
         .apply(&mut cmd);
         crate::sys::keep_open_across_exec(&mut cmd, fd);

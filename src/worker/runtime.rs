@@ -42,6 +42,8 @@ pub struct Runtime<H: Handler> {
     /// How long to go on once the primary is gone, and the time that ends then.
     orphan_grace: Duration,
     orphan_deadline: Option<Instant>,
+    /// The cluster has a drain delay: `SIGTERM` only marks the worker as leaving.
+    leave_on_term: bool,
 }
 
 impl<H: Handler> Runtime<H> {
@@ -73,6 +75,7 @@ impl<H: Handler> Runtime<H> {
             next_sweep: now + SWEEP_EVERY,
             orphan_grace: env.orphan_grace,
             orphan_deadline: None,
+            leave_on_term: env.leave_on_term,
         })
     }
 
@@ -460,6 +463,14 @@ impl<H: Handler> Runtime<H> {
             match sig {
                 // A terminal's Ctrl-C reaches the whole process group; the primary coordinates.
                 Signal::SIGINT | Signal::SIGHUP => {}
+                // systemd signals the whole group: with a drain delay, the primary decides when
+                // to stop; until then, keep serving as a leaving host.
+                Signal::SIGTERM if self.leave_on_term => {
+                    if !self.ctx.leaving {
+                        log::info!("worker {}: host leaving (SIGTERM)", std::process::id());
+                        self.ctx.leaving = true;
+                    }
+                }
                 _ => self.start_drain(),
             }
         }
