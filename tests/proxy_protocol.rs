@@ -90,7 +90,9 @@ fn without_a_valid_header_a_connection_is_closed_unanswered_and_counted() {
     let mut slow = connect(addr);
     slow.write_all(b"PROXY TCP4 127.0.0.9 ").unwrap();
     let (out, end) = read_to_close(&mut slow, DEADLINE);
-    assert_eq!((out.len(), end), (0, End::Eof));
+    // Closed with the bytes unread: a FIN, or a reset.
+    assert_eq!(out.len(), 0);
+    assert_ne!(end, End::Open);
     // The host still serves.
     let r = ask(addr, &v1_header(client(), addr), "/").expect("an answer");
     assert_eq!(r.status, 200);
@@ -190,4 +192,23 @@ fn bench_sends_a_v2_header_on_every_new_connection() {
         assert!(r["requests"].as_u64().unwrap() > 0, "{workload}: {r}");
         let _ = std::fs::remove_file(json);
     }
+}
+
+#[test]
+fn a_custom_handler_gets_the_header_s_client_from_its_context() {
+    let mut server = Server::start_example("proxied", &["0"]);
+    let addr = server.addr();
+    for header in [v1_header(client(), addr), v2_header(client(), addr)] {
+        let (out, end) = exchange(addr, &header, DEADLINE);
+        assert_eq!(String::from_utf8_lossy(&out), "hello 127.0.0.9:41000\n");
+        assert_eq!(end, End::Eof);
+    }
+    let (out, _) = exchange(addr, &v2_local_header(), DEADLINE);
+    assert!(String::from_utf8_lossy(&out).starts_with("hello 127.0.0.1:"));
+    let (out, end) = exchange(addr, b"hello?\r\n", DEADLINE);
+    // Closed with the bytes unread: a FIN, or a reset.
+    assert_eq!(out.len(), 0);
+    assert_ne!(end, End::Open);
+    server.signal(Signal::SIGTERM);
+    assert!(server.wait_exit(DEADLINE).success());
 }
