@@ -31,6 +31,7 @@
 #![warn(missing_docs)]
 #![deny(unsafe_code)]
 
+pub mod admin;
 #[cfg(feature = "cli")]
 pub mod bench;
 pub mod blocking;
@@ -124,6 +125,7 @@ pub struct Cluster {
     args: Option<Vec<OsString>>,
     env: Vec<(OsString, OsString)>,
     hook: Option<primary::EventHook>,
+    control: admin::ControlSocket,
 }
 
 impl Default for Cluster {
@@ -150,7 +152,15 @@ impl Cluster {
             args: None,
             env: Vec::new(),
             hook: None,
+            control: admin::ControlSocket::Off,
         }
+    }
+
+    /// The control socket that `herd status / reload / scale / stop` talk to (off by
+    /// default in the library; `herd serve` opens it at [`admin::socket_path`]).
+    pub fn control_socket(mut self, at: admin::ControlSocket) -> Self {
+        self.control = at;
+        self
     }
 
     /// Number of worker processes (at least 1).
@@ -359,6 +369,7 @@ impl Cluster {
             defer_accept: self.defer_accept,
             drain_delay: self.drain_delay,
             spawner,
+            control: self.control,
         };
         Ok((config, self.hook))
     }

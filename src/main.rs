@@ -24,6 +24,9 @@ enum Command {
     Serve(ServeArgs),
     /// Compare scheduling policies side by side under a built-in load generator.
     Bench(herd::bench::BenchArgs),
+    // Operating a running server over its control socket (issue 14).
+    #[command(flatten)]
+    Admin(herd::admin::cli::AdminCommand),
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -109,6 +112,10 @@ struct ServeArgs {
     /// real client address
     #[arg(long)]
     access_log: bool,
+    /// Control socket for `herd status/reload/scale/stop` [default: herd/<port>.sock under
+    /// $XDG_RUNTIME_DIR, or /tmp/herd-<uid>/]
+    #[arg(long, value_name = "PATH")]
+    control: Option<std::path::PathBuf>,
 }
 
 impl ServeArgs {
@@ -146,7 +153,11 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         .worker_timeout(args.worker_timeout)
         .defer_accept(Some(args.header_timeout))
         .proxy_protocol(args.proxy_protocol.then_some(args.header_timeout))
-        .drain_delay(args.drain_delay);
+        .drain_delay(args.drain_delay)
+        .control_socket(match args.control {
+            Some(path) => herd::admin::ControlSocket::At(path),
+            None => herd::admin::ControlSocket::Default,
+        });
     if let Some(n) = args.workers {
         cluster = cluster.workers(n as usize);
     }
@@ -184,6 +195,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::Serve(a)) => serve(a),
         Some(Command::Bench(a)) => herd::bench::run(a).map_err(|e| e.to_string()),
+        Some(Command::Admin(c)) => herd::admin::cli::run(c)
+            .map(|out| println!("{out}"))
+            .map_err(|e| e.to_string()),
         None => serve(cli.serve),
     };
     match result {

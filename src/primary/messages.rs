@@ -106,7 +106,10 @@ impl Primary {
             ToPrimary::Stats(s) => {
                 p.stats = s;
                 p.stats_fresh = true;
+                p.stats_pending = false;
+                p.stats_at = Some(Instant::now());
                 self.report_if_complete();
+                self.answer_status_if_fresh();
             }
             ToPrimary::Message(payload) => self.emit(Event::Message { id, pid, payload }),
         }

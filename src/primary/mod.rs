@@ -12,6 +12,8 @@
 //! - `watchdog`: workers that leave their channel unread (`--worker-timeout`);
 //! - `report`: the statistics table (`SIGUSR2`, and at exit);
 //! - `control`: what user code asks through [`Control`], and the events it is told;
+//! - `operate`: the control socket's requests (`herd status / reload / scale / stop`);
+//! - `scale`: changing the number of workers at runtime;
 //! - `workers`: the worker table; `spawn`: how a worker process is started.
 
 mod accept;
@@ -21,8 +23,10 @@ mod events;
 mod handoff;
 mod leave;
 mod messages;
+mod operate;
 mod reload;
 mod report;
+mod scale;
 mod spawn;
 mod supervise;
 mod watchdog;
@@ -72,6 +76,8 @@ pub struct Config {
     pub drain_delay: Duration,
     /// How workers are started.
     pub spawner: Spawner,
+    /// The control socket (`herd status / reload / scale / stop`).
+    pub control: crate::admin::ControlSocket,
 }
 
 /// Why the primary could not run.
@@ -83,6 +89,9 @@ pub enum PrimaryError {
     /// The event loop, signals or process management failed.
     #[error("primary: {0}")]
     Io(#[from] io::Error),
+    /// The control socket asked for could not be opened.
+    #[error(transparent)]
+    Control(#[from] crate::admin::server::ControlError),
 }
 
 /// Where the cluster is in its life, beyond the workers themselves.
@@ -120,6 +129,8 @@ pub struct Primary {
     local_addr: SocketAddr,
     phase: Phase,
     hooks: control::Hooks,
+    /// The control socket and the answers that wait.
+    admin: operate::Admin,
     /// Blocks the handled signals while the primary runs; `None` once it has finished, which
     /// restores the thread's previous mask.
     signals: Option<Signals>,
@@ -144,13 +155,15 @@ impl Primary {
             Signal::SIGHUP,
             Signal::SIGUSR2,
             Signal::SIGCHLD,
+            Signal::SIGTTIN,
+            Signal::SIGTTOU,
         ])?;
         poll.registry().register(
             &mut SourceFd(&signals.raw_fd()),
             SIGNALS,
             Interest::READABLE,
         )?;
-        Ok(Primary {
+        let mut primary = Primary {
             poll,
             acceptor,
             listeners_for_workers: bound.handed,
@@ -167,9 +180,12 @@ impl Primary {
                 hook,
                 control: Control::default(),
             },
+            admin: operate::Admin::default(),
             signals: Some(signals),
             config,
-        })
+        };
+        primary.open_admin()?;
+        Ok(primary)
     }
 
     /// The address actually bound (the real port when 0 was asked for).
@@ -218,6 +234,7 @@ impl Primary {
             match ev.token() {
                 LISTENER => self.acceptor.accept(self.poll.registry()),
                 SIGNALS => self.on_signals(),
+                token if self.admin_owns(token) => self.on_admin(token),
                 token if adopt::slot_of(token, self.workers.slots().len()).is_some() => {
                     if let Some(i) = adopt::slot_of(token, self.workers.slots().len()) {
                         self.accept_adopted(i);
@@ -259,6 +276,7 @@ impl Primary {
         }
         log::info!("{}", report::table(&self.workers, self.config.policy));
         log::info!("primary {} exiting", std::process::id());
+        self.close_admin();
         self.signals = None;
     }
 
@@ -273,6 +291,7 @@ impl Primary {
             .chain(self.phase.shutdown_deadline)
             .chain(self.phase.leave_at)
             .chain(reload)
+            .chain(self.admin_timer())
             .chain(self.acceptor.retry_at())
             .min()
     }
@@ -296,6 +315,7 @@ impl Primary {
         if self.phase.stats_wanted.is_some_and(|t| t <= now) {
             self.print_report();
         }
+        self.answer_status_if_fresh();
         if self.phase.shutdown_deadline.is_some_and(|d| d <= now) {
             self.kill_all("the shutdown timeout passed");
         }
@@ -312,6 +332,8 @@ impl Primary {
                 Signal::SIGINT | Signal::SIGTERM => self.stop_signal(),
                 Signal::SIGHUP => self.begin_reload(),
                 Signal::SIGUSR2 => self.request_stats(),
+                Signal::SIGTTIN => self.scale_by_signal(crate::admin::Scale::Up(1)),
+                Signal::SIGTTOU => self.scale_by_signal(crate::admin::Scale::Down(1)),
                 _ => {}
             }
         }

@@ -36,10 +36,7 @@ impl Primary {
             log::warn!("reload already in progress; ignoring SIGHUP");
             return;
         }
-        log::info!(
-            "reloading {} workers one at a time",
-            self.workers.slots().len()
-        );
+        log::info!("reloading {} workers one at a time", self.workers.active());
         self.phase.reload = Some(Reload {
             todo: self.workers.indices().collect(),
             current: None,
@@ -71,12 +68,16 @@ impl Primary {
                         p.disconnect_sent = true;
                         let _ = p.child.kill();
                     }
+                    let id = self.workers.slot(i).id;
+                    self.reload_finished(Err(format!(
+                        "reload failed: the new worker {id} did not come online (it exited, or took over {ONLINE_DEADLINE:?}); the old workers keep serving"
+                    )));
                     return;
                 }
             }
         }
         while let Some(i) = r.todo.pop_front() {
-            if self.workers.slot(i).current.is_none() {
+            if i.0 >= self.workers.active() || self.workers.slot(i).current.is_none() {
                 continue; // dead slot: its respawn brings the new code anyway
             }
             match self.spawn(i) {
@@ -86,15 +87,19 @@ impl Primary {
                     return;
                 }
                 None => {
+                    let id = self.workers.slot(i).id;
                     log::error!(
-                        "reload failed: cannot start a new worker {}; keeping the old workers",
-                        self.workers.slot(i).id
+                        "reload failed: cannot start a new worker {id}; keeping the old workers"
                     );
+                    self.reload_finished(Err(format!(
+                        "reload failed: cannot start a new worker {id}; the old workers keep serving"
+                    )));
                     return;
                 }
             }
         }
         log::info!("reload complete");
+        self.reload_finished(Ok("reload complete".into()));
     }
 
     /// The replacement `new` is online: it takes slot `i`, and the old worker drains.

@@ -193,7 +193,9 @@ impl Primary {
             self.config.shutdown_timeout
         );
         self.phase.shutdown_deadline = Some(crate::deadline_after(self.config.shutdown_timeout));
-        self.phase.reload = None;
+        if self.phase.reload.take().is_some() {
+            self.reload_finished(Err("the server is shutting down".into()));
+        }
         self.acceptor.close(self.poll.registry());
         self.release_all();
         self.listeners_for_workers.clear();

@@ -76,6 +76,12 @@ pub struct Proc {
     pub cool_until: Option<Instant>,
     /// What the watchdog knows of it.
     pub watch: super::watchdog::Watch,
+    /// A statistics request is outstanding (at most one is sent at a time).
+    pub stats_pending: bool,
+    /// When it last reported its counters.
+    pub stats_at: Option<Instant>,
+    /// CPU and memory, as last sampled.
+    pub usage: super::operate::Usage,
 }
 
 impl Proc {
@@ -96,6 +102,9 @@ impl Proc {
             stats_fresh: false,
             cool_until: None,
             watch: Default::default(),
+            stats_pending: false,
+            stats_at: None,
+            usage: Default::default(),
         }
     }
 
@@ -135,31 +144,52 @@ pub struct Slot {
     pub past_handed: u64,
 }
 
-/// Every slot and every live process.
+/// Every slot and every live process. Slots past `active` were given up by a scale-down:
+/// they keep their counters (and may still hold a draining worker) and are reused first when
+/// the cluster grows again.
 #[derive(Debug)]
 pub struct Workers {
     slots: Vec<Slot>,
+    active: usize,
     procs: Slab<Proc>,
 }
 
 impl Workers {
     /// `n` empty slots.
     pub fn new(n: usize) -> Workers {
-        Workers {
-            slots: (0..n)
-                .map(|i| Slot {
-                    id: WorkerId::from_index(i),
-                    current: None,
-                    last_pid: None,
-                    restarts: 0,
-                    quick_deaths: 0,
-                    respawn_at: None,
-                    past: WorkerStats::default(),
-                    past_handed: 0,
-                })
-                .collect(),
+        let mut w = Workers {
+            slots: Vec::with_capacity(n),
+            active: n,
             procs: Slab::new(),
+        };
+        for _ in 0..n {
+            w.add_slot();
         }
+        w
+    }
+
+    /// Adds an empty slot after the last one (not yet in use: see [`Workers::set_active`]).
+    pub fn add_slot(&mut self) {
+        self.slots.push(Slot {
+            id: WorkerId::from_index(self.slots.len()),
+            current: None,
+            last_pid: None,
+            restarts: 0,
+            quick_deaths: 0,
+            respawn_at: None,
+            past: WorkerStats::default(),
+            past_handed: 0,
+        });
+    }
+
+    /// Slots in use: the first `active` ones.
+    pub fn active(&self) -> usize {
+        self.active
+    }
+
+    /// Uses the first `n` slots (at most as many as exist).
+    pub fn set_active(&mut self, n: usize) {
+        self.active = n.min(self.slots.len());
     }
 
     /// The slots, in id order.
@@ -167,9 +197,9 @@ impl Workers {
         &self.slots
     }
 
-    /// Every slot index, in id order.
+    /// Every slot index in use, in id order.
     pub fn indices(&self) -> impl Iterator<Item = SlotIndex> {
-        (0..self.slots.len()).map(SlotIndex)
+        (0..self.active).map(SlotIndex)
     }
 
     /// Slot `i`.
@@ -233,9 +263,9 @@ impl Workers {
         Some((self.slot(p.slot).id, p.pid))
     }
 
-    /// True when every slot's current process is online.
+    /// True when every slot in use has its current process online.
     pub fn all_online(&self) -> bool {
-        self.slots.iter().all(|s| {
+        self.slots[..self.active].iter().all(|s| {
             s.current
                 .and_then(|k| self.get(k))
                 .is_some_and(|p| p.state == State::Online)

@@ -1,0 +1,191 @@
+//! Bounded, non-blocking request/response connections on the primary's loop, shared by the
+//! control socket and the metrics endpoint: each connection sends one request (ended by a
+//! terminator, at most `max_in` bytes), gets one answer, and is closed once the answer has
+//! left. Nothing here ever blocks: reads and writes stop at `WouldBlock` and resume on the
+//! next readiness event; a client that never reads its answer only holds its own slot.
+
+use std::io::{self, Read, Write};
+
+use mio::event::Source;
+use mio::{Interest, Registry, Token};
+use slab::Slab;
+
+/// A connection's number among its server's connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnId(usize);
+
+/// What a connection sent.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Incoming {
+    /// A complete request, without its terminator.
+    Request(Vec<u8>),
+    /// More than the bound arrived without a terminator.
+    TooLong,
+}
+
+struct Conn<S> {
+    stream: S,
+    input: Vec<u8>,
+    out: Vec<u8>,
+    sent: usize,
+    /// A request was read: nothing more is read.
+    got: bool,
+    /// Close once the answer has left.
+    close_when_sent: bool,
+}
+
+/// Every connection of one server, with its token range: `base + 1 + slot`.
+pub struct Conns<S> {
+    base: usize,
+    max: usize,
+    max_in: usize,
+    terminator: &'static [u8],
+    slab: Slab<Conn<S>>,
+}
+
+impl<S: Source + Read + Write> Conns<S> {
+    /// At most `max` connections, registered from token `base + 1` on; a request ends with
+    /// `terminator` and holds at most `max_in` bytes.
+    pub fn new(base: usize, max: usize, max_in: usize, terminator: &'static [u8]) -> Self {
+        Conns {
+            base,
+            max,
+            max_in,
+            terminator,
+            slab: Slab::new(),
+        }
+    }
+
+    /// True when `token` names one of these connections.
+    pub fn owns(&self, token: Token) -> bool {
+        self.index(token).is_some()
+    }
+
+    fn index(&self, token: Token) -> Option<usize> {
+        let i = token.0.checked_sub(self.base + 1)?;
+        (i < self.max).then_some(i)
+    }
+
+    /// True when no room is left.
+    pub fn full(&self) -> bool {
+        self.slab.len() >= self.max
+    }
+
+    /// Adds a connection; `None` (and the stream dropped) when full or it cannot be watched.
+    pub fn add(&mut self, mut stream: S, registry: &Registry) -> Option<ConnId> {
+        if self.full() {
+            return None;
+        }
+        let entry = self.slab.vacant_entry();
+        let token = Token(self.base + 1 + entry.key());
+        if let Err(e) =
+            registry.register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
+        {
+            log::warn!("cannot watch a client connection: {e}");
+            return None;
+        }
+        let id = ConnId(entry.key());
+        entry.insert(Conn {
+            stream,
+            input: Vec::new(),
+            out: Vec::new(),
+            sent: 0,
+            got: false,
+            close_when_sent: false,
+        });
+        Some(id)
+    }
+
+    /// Handles readiness of `token`: sends what waits, reads a request if one is due.
+    pub fn ready(&mut self, token: Token, registry: &Registry) -> Option<(ConnId, Incoming)> {
+        let i = self.index(token)?;
+        self.flush(ConnId(i), registry);
+        let c = self.slab.get_mut(i)?;
+        if c.got {
+            return None;
+        }
+        let mut buf = [0u8; 1024];
+        loop {
+            match c.stream.read(&mut buf) {
+                Ok(0) => {
+                    self.remove(ConnId(i), registry);
+                    return None;
+                }
+                Ok(n) => {
+                    c.input.extend_from_slice(&buf[..n]);
+                    let t = self.terminator;
+                    if let Some(end) = c.input.windows(t.len()).position(|w| w == t) {
+                        c.got = true;
+                        c.input.truncate(end);
+                        return Some((ConnId(i), Incoming::Request(std::mem::take(&mut c.input))));
+                    }
+                    if c.input.len() > self.max_in {
+                        c.got = true;
+                        c.input = Vec::new();
+                        return Some((ConnId(i), Incoming::TooLong));
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.remove(ConnId(i), registry);
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Queues `bytes` for connection `id` (gone: nothing happens) and sends what it can;
+    /// `close` closes it once everything has left.
+    pub fn send(&mut self, id: ConnId, bytes: &[u8], close: bool, registry: &Registry) {
+        let Some(c) = self.slab.get_mut(id.0) else {
+            return;
+        };
+        c.out.extend_from_slice(bytes);
+        c.close_when_sent |= close;
+        self.flush(id, registry);
+    }
+
+    fn flush(&mut self, id: ConnId, registry: &Registry) {
+        let Some(c) = self.slab.get_mut(id.0) else {
+            return;
+        };
+        while c.sent < c.out.len() {
+            match c.stream.write(&c.out[c.sent..]) {
+                Ok(0) => break,
+                Ok(n) => c.sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.remove(id, registry);
+                    return;
+                }
+            }
+        }
+        if c.close_when_sent && c.sent >= c.out.len() {
+            self.remove(id, registry);
+        }
+    }
+
+    /// Closes connection `id`.
+    pub fn remove(&mut self, id: ConnId, registry: &Registry) {
+        if let Some(mut c) = self.slab.try_remove(id.0) {
+            let _ = registry.deregister(&mut c.stream);
+        }
+    }
+
+    /// The stream of connection `id`, if it is open.
+    pub fn stream(&self, id: ConnId) -> Option<&S> {
+        self.slab.get(id.0).map(|c| &c.stream)
+    }
+
+    /// Connections open.
+    pub fn len(&self) -> usize {
+        self.slab.len()
+    }
+
+    /// True when none is open.
+    pub fn is_empty(&self) -> bool {
+        self.slab.is_empty()
+    }
+}
