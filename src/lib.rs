@@ -38,7 +38,9 @@ pub mod blocking;
 pub mod event;
 pub mod http;
 pub mod ipc;
+pub mod latency;
 pub mod listen;
+pub mod metrics;
 pub mod policy;
 pub mod primary;
 pub mod procfs;
@@ -126,6 +128,7 @@ pub struct Cluster {
     env: Vec<(OsString, OsString)>,
     hook: Option<primary::EventHook>,
     control: admin::ControlSocket,
+    metrics: Option<SocketAddr>,
 }
 
 impl Default for Cluster {
@@ -153,7 +156,15 @@ impl Cluster {
             env: Vec::new(),
             hook: None,
             control: admin::ControlSocket::Off,
+            metrics: None,
         }
+    }
+
+    /// Serves Prometheus metrics (`GET /metrics`) on `addr` from the primary (off by
+    /// default); see [`metrics`] for what it shows.
+    pub fn metrics(mut self, addr: Option<SocketAddr>) -> Self {
+        self.metrics = addr;
+        self
     }
 
     /// The control socket that `herd status / reload / scale / stop` talk to (off by
@@ -370,6 +381,7 @@ impl Cluster {
             drain_delay: self.drain_delay,
             spawner,
             control: self.control,
+            metrics: self.metrics,
         };
         Ok((config, self.hook))
     }

@@ -116,6 +116,9 @@ struct ServeArgs {
     /// $XDG_RUNTIME_DIR, or /tmp/herd-<uid>/]
     #[arg(long, value_name = "PATH")]
     control: Option<std::path::PathBuf>,
+    /// Serve Prometheus metrics on this address (GET /metrics), e.g. 127.0.0.1:9100
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
 }
 
 impl ServeArgs {
@@ -157,7 +160,8 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         .control_socket(match args.control {
             Some(path) => herd::admin::ControlSocket::At(path),
             None => herd::admin::ControlSocket::Default,
-        });
+        })
+        .metrics(args.metrics);
     if let Some(n) = args.workers {
         cluster = cluster.workers(n as usize);
     }

@@ -42,6 +42,9 @@ pub struct HttpConn {
     /// Bytes moved during the current event (restart the body and send clocks).
     read_some: bool,
     wrote_some: bool,
+    /// When the first byte of the request being answered was read (its latency runs from
+    /// here to its answer).
+    request_since: Option<Instant>,
 }
 
 /// What one step of the connection found.
@@ -68,6 +71,7 @@ impl HttpConn {
             answered: 0,
             read_some: false,
             wrote_some: false,
+            request_since: None,
         }
     }
 
@@ -106,8 +110,15 @@ impl HttpConn {
             leaving: ctx.leaving(),
             peer: &peer,
         };
-        for _ in 0..self.session.advance(&serving) {
-            ctx.count_request();
+        let answered = self.session.advance(&serving);
+        if answered > 0 {
+            let now = Instant::now();
+            let took = now.saturating_duration_since(self.request_since.unwrap_or(now));
+            for _ in 0..answered {
+                ctx.record_request(took);
+            }
+            // A pipelined request already waiting started no later than now.
+            self.request_since = (self.session.buffered() > 0).then_some(now);
         }
         if self.session.has_output() || self.session.closing().is_some() {
             return Ok(Progress::More);
@@ -116,6 +127,7 @@ impl HttpConn {
             Ok(0) => Ok(Progress::Eof),
             Ok(_) => {
                 self.read_some = true;
+                self.request_since.get_or_insert_with(Instant::now);
                 Ok(Progress::More)
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Progress::Wait),

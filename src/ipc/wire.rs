@@ -52,7 +52,7 @@ pub enum ToWorker {
     Message(Vec<u8>),
 }
 
-/// Counters a worker reports about itself.
+/// Counters a worker reports about itself (a fixed-size packet).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct WorkerStats {
     /// Connections this worker took (handed to it, or accepted by it).
@@ -61,7 +61,22 @@ pub struct WorkerStats {
     pub open: u64,
     /// Requests (or, for custom handlers, units of work) served.
     pub requests: u64,
+    /// How long the requests took (those a handler timed: `Context::record_request`).
+    pub latency: crate::latency::Latency,
 }
+
+impl WorkerStats {
+    /// Adds the totals of a process that is gone (its `open` no longer counts).
+    pub fn absorb(&mut self, gone: &WorkerStats) {
+        self.connections = self.connections.saturating_add(gone.connections);
+        self.requests = self.requests.saturating_add(gone.requests);
+        self.latency.add(&gone.latency);
+    }
+}
+
+/// Bytes of a [`ToPrimary::Stats`] body: connections, open, requests, the latency sum and
+/// one count per bucket.
+const STATS_LEN: usize = 8 * (4 + crate::latency::BUCKETS);
 
 /// Messages from a worker to the primary.
 #[derive(Debug, PartialEq, Eq)]
@@ -236,7 +251,10 @@ impl Outgoing for ToPrimary {
             }
             ToPrimary::Stats(s) => {
                 out.push(P_STATS);
-                for n in [s.connections, s.open, s.requests] {
+                for n in [s.connections, s.open, s.requests, s.latency.sum_us] {
+                    out.extend_from_slice(&n.to_le_bytes());
+                }
+                for n in s.latency.counts {
                     out.extend_from_slice(&n.to_le_bytes());
                 }
             }
@@ -278,11 +296,24 @@ impl Incoming for ToPrimary {
                     .ok_or(IpcError::Malformed("short closed count"))?;
                 Ok(ToPrimary::Closed(n))
             }
-            Some(&P_STATS) => Ok(ToPrimary::Stats(WorkerStats {
-                connections: read_u64(b, 1)?,
-                open: read_u64(b, 9)?,
-                requests: read_u64(b, 17)?,
-            })),
+            Some(&P_STATS) => {
+                if body.len() != STATS_LEN {
+                    return Err(IpcError::Malformed("statistics length"));
+                }
+                let mut latency = crate::latency::Latency {
+                    sum_us: read_u64(body, 24)?,
+                    ..Default::default()
+                };
+                for (i, c) in latency.counts.iter_mut().enumerate() {
+                    *c = read_u64(body, 32 + 8 * i)?;
+                }
+                Ok(ToPrimary::Stats(WorkerStats {
+                    connections: read_u64(body, 0)?,
+                    open: read_u64(body, 8)?,
+                    requests: read_u64(body, 16)?,
+                    latency,
+                }))
+            }
             Some(&P_MSG) => Ok(ToPrimary::Message(body.to_vec())),
             _ => Err(IpcError::Malformed("unknown tag from worker")),
         }
@@ -328,6 +359,10 @@ mod tests {
                 connections: 1,
                 open: 2,
                 requests: 3,
+                latency: crate::latency::Latency {
+                    counts: [7; crate::latency::BUCKETS],
+                    sum_us: 9,
+                },
             }),
             ToPrimary::Message(vec![0; 10]),
         ] {
@@ -345,6 +380,10 @@ mod tests {
         assert!(ToPrimary::decode(&[]).is_err());
         assert!(ToPrimary::decode(&[P_ACK, 1, 2]).is_err());
         assert!(ToPrimary::decode(&[P_CLOSED, 1]).is_err());
+        assert!(
+            ToPrimary::decode(&[P_STATS; 25]).is_err(),
+            "short statistics"
+        );
         assert!(ToWorker::decode(&[T_CONN, 1]).is_err());
         assert!(ToWorker::decode(&[T_CONN]).is_err(), "no ids");
         let too_many = ToWorker::Conn {

@@ -106,6 +106,11 @@ impl Acceptor {
         }
     }
 
+    /// Connections accepted (or adopted) in total.
+    pub fn accepted(&self) -> u64 {
+        self.next_id
+    }
+
     /// Connections waiting for a worker.
     pub fn waiting(&self) -> usize {
         self.pending.len()

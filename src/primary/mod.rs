@@ -13,6 +13,7 @@
 //! - `report`: the statistics table (`SIGUSR2`, and at exit);
 //! - `control`: what user code asks through [`Control`], and the events it is told;
 //! - `operate`: the control socket's requests (`herd status / reload / scale / stop`);
+//! - `observe`: the metrics endpoint (`--metrics`) and the counters it shows;
 //! - `scale`: changing the number of workers at runtime;
 //! - `workers`: the worker table; `spawn`: how a worker process is started.
 
@@ -23,6 +24,7 @@ mod events;
 mod handoff;
 mod leave;
 mod messages;
+mod observe;
 mod operate;
 mod reload;
 mod report;
@@ -78,6 +80,8 @@ pub struct Config {
     pub spawner: Spawner,
     /// The control socket (`herd status / reload / scale / stop`).
     pub control: crate::admin::ControlSocket,
+    /// Where to serve Prometheus metrics (`GET /metrics`), if anywhere.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Why the primary could not run.
@@ -92,6 +96,9 @@ pub enum PrimaryError {
     /// The control socket asked for could not be opened.
     #[error(transparent)]
     Control(#[from] crate::admin::server::ControlError),
+    /// The metrics endpoint could not be opened.
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::endpoint::MetricsError),
 }
 
 /// Where the cluster is in its life, beyond the workers themselves.
@@ -315,7 +322,7 @@ impl Primary {
         if self.phase.stats_wanted.is_some_and(|t| t <= now) {
             self.print_report();
         }
-        self.answer_status_if_fresh();
+        self.admin_due(now);
         if self.phase.shutdown_deadline.is_some_and(|d| d <= now) {
             self.kill_all("the shutdown timeout passed");
         }

@@ -33,6 +33,10 @@ pub(super) struct Admin {
     status_deadline: Option<Instant>,
     /// When the primary started.
     started: Option<Instant>,
+    /// The metrics endpoint (`src/primary/observe.rs`).
+    pub(super) metrics: Option<crate::metrics::endpoint::MetricsServer>,
+    /// When counters are next asked for (while metrics are served).
+    pub(super) next_refresh: Option<Instant>,
 }
 
 /// CPU and memory of a worker process, sampled from `/proc`.
@@ -72,6 +76,7 @@ impl Primary {
     /// an error; the default one only a warning).
     pub(super) fn open_admin(&mut self) -> Result<(), super::PrimaryError> {
         self.admin.started = Some(Instant::now());
+        self.open_metrics()?;
         let (path, explicit) = match &self.config.control {
             ControlSocket::Off => return Ok(()),
             ControlSocket::Default => (crate::admin::socket_path(self.local_addr.port()), false),
@@ -88,13 +93,16 @@ impl Primary {
         Ok(())
     }
 
-    /// True when `token` belongs to the control socket.
+    /// True when `token` belongs to the control socket or the metrics endpoint.
     pub(super) fn admin_owns(&self, token: Token) -> bool {
-        self.admin.control.as_ref().is_some_and(|c| c.owns(token))
+        self.admin.control.as_ref().is_some_and(|c| c.owns(token)) || self.metrics_owns(token)
     }
 
-    /// Readiness on the control socket.
+    /// Readiness on the control socket or the metrics endpoint.
     pub(super) fn on_admin(&mut self, token: Token) {
+        if self.metrics_owns(token) {
+            return self.on_metrics(token);
+        }
         let Some(control) = self.admin.control.as_mut() else {
             return;
         };
@@ -195,9 +203,19 @@ impl Primary {
         }
     }
 
-    /// When a waiting answer is due anyway.
+    /// When a waiting answer is due anyway, or counters are to be asked for.
     pub(super) fn admin_timer(&self) -> Option<Instant> {
-        self.admin.status_deadline
+        self.admin
+            .status_deadline
+            .into_iter()
+            .chain(self.admin.next_refresh)
+            .min()
+    }
+
+    /// The control socket's and the metrics endpoint's timers.
+    pub(super) fn admin_due(&mut self, now: Instant) {
+        self.refresh_due(now);
+        self.answer_status_if_fresh();
     }
 
     /// Closes the control socket (its waiting `stop` clients see it close as the primary
@@ -205,6 +223,8 @@ impl Primary {
     pub(super) fn close_admin(&mut self) {
         self.reload_finished(Err("the server is shutting down".into()));
         self.admin.control = None;
+        self.admin.metrics = None;
+        self.admin.next_refresh = None;
     }
 
     /// The `status` answer: the summary and one object per worker slot in use (and per

@@ -79,8 +79,8 @@ impl Primary {
         };
         let slot = self.workers.slot_mut(p.slot);
         let (id, pid) = (slot.id, p.pid);
-        slot.past.connections += p.stats.connections;
-        slot.past.requests += p.stats.requests;
+        slot.past.absorb(&p.stats);
+        slot.past_cpu_ticks += p.usage.cpu_ticks;
         slot.past_handed += p.handed;
         let was_current = slot.current == Some(key);
         if was_current {

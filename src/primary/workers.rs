@@ -142,6 +142,8 @@ pub struct Slot {
     pub past: WorkerStats,
     /// Connections handed to earlier workers in this slot.
     pub past_handed: u64,
+    /// CPU ticks used by earlier workers in this slot (as last sampled).
+    pub past_cpu_ticks: u64,
 }
 
 /// Every slot and every live process. Slots past `active` were given up by a scale-down:
@@ -179,6 +181,7 @@ impl Workers {
             respawn_at: None,
             past: WorkerStats::default(),
             past_handed: 0,
+            past_cpu_ticks: 0,
         });
     }
 

@@ -25,6 +25,7 @@ use mio::net::TcpStream;
 
 use crate::event::WorkerId;
 use crate::ipc::{IpcError, Outgoing, ToPrimary, MAX_QUEUED_BYTES, MAX_QUEUED_MESSAGES};
+use crate::latency::Latency;
 use crate::worker_env::{BadWorkerEnv, WorkerEnv};
 
 pub use faults::{ENV_FAULT_EXIT_AFTER, ENV_FAULT_FAIL_START, ENV_FAULT_GARBAGE};
@@ -53,6 +54,7 @@ impl Context {
             now,
             outgoing: VecDeque::new(),
             user_queued: (0, 0),
+            latency: Latency::default(),
         }
     }
 }
@@ -71,6 +73,8 @@ pub struct Context {
     outgoing: VecDeque<ToPrimary>,
     /// User messages (and bytes) among `outgoing`, plus those still waiting in the uplink.
     user_queued: (usize, usize),
+    /// How long the timed requests took.
+    latency: Latency,
 }
 
 impl Context {
@@ -82,6 +86,13 @@ impl Context {
     /// Counts one served request (or unit of work) in the worker's statistics.
     pub fn count_request(&mut self) {
         self.requests += 1;
+    }
+
+    /// Counts one served request that took `took` (from its first byte to its answer), for
+    /// the primary's `herd_request_duration_seconds` histogram.
+    pub fn record_request(&mut self, took: std::time::Duration) {
+        self.count_request();
+        self.latency.record(took);
     }
 
     /// True once the worker is shutting down: finish the request in flight, then close.

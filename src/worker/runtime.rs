@@ -171,6 +171,7 @@ impl<H: Handler> Runtime<H> {
             connections: self.connections,
             open: self.table.len() as u64,
             requests: self.ctx.requests,
+            latency: self.ctx.latency,
         }
     }
 
