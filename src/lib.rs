@@ -129,6 +129,7 @@ pub struct Cluster {
     hook: Option<primary::EventHook>,
     control: admin::ControlSocket,
     metrics: Option<SocketAddr>,
+    max_requests: (u64, u64),
 }
 
 impl Default for Cluster {
@@ -157,7 +158,17 @@ impl Cluster {
             hook: None,
             control: admin::ControlSocket::Off,
             metrics: None,
+            max_requests: (0, 0),
         }
+    }
+
+    /// Replaces a worker gracefully (as a reload does, with no failed request) after it has
+    /// served `n` requests plus a random `0..=jitter` more, so that a leak in user code stays
+    /// bounded and workers are not all replaced at once (gunicorn's `max_requests` and
+    /// `max_requests_jitter`). `0`: never (the default).
+    pub fn max_requests_per_worker(mut self, n: u64, jitter: u64) -> Self {
+        self.max_requests = (n, jitter);
+        self
     }
 
     /// Serves Prometheus metrics (`GET /metrics`) on `addr` from the primary (off by
@@ -368,6 +379,8 @@ impl Cluster {
             max_connections: self.max_connections,
             proxy_header: self.proxy_header,
             leave_on_term: !self.drain_delay.is_zero(),
+            max_requests: self.max_requests.0,
+            max_requests_jitter: self.max_requests.1,
         };
         let config = primary::Config {
             workers: self.workers,

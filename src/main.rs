@@ -119,6 +119,13 @@ struct ServeArgs {
     /// Serve Prometheus metrics on this address (GET /metrics), e.g. 127.0.0.1:9100
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
+    /// Replace a worker gracefully after it served this many requests (0: never)
+    #[arg(long, default_value_t = 0)]
+    max_requests_per_worker: u64,
+    /// Add a random 0..=J to each worker's --max-requests-per-worker, so they are not all
+    /// replaced at once
+    #[arg(long, value_name = "J", default_value_t = 0)]
+    max_requests_jitter: u64,
 }
 
 impl ServeArgs {
@@ -161,7 +168,8 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             Some(path) => herd::admin::ControlSocket::At(path),
             None => herd::admin::ControlSocket::Default,
         })
-        .metrics(args.metrics);
+        .metrics(args.metrics)
+        .max_requests_per_worker(args.max_requests_per_worker, args.max_requests_jitter);
     if let Some(n) = args.workers {
         cluster = cluster.workers(n as usize);
     }

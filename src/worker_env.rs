@@ -29,8 +29,10 @@ const PROXY_HEADER_MS: &str = "HERD_WORKER_PROXY_HEADER_MS";
 /// `1`: the cluster has a drain delay; a `SIGTERM` sent to the whole process group (systemd's
 /// default) only marks the worker as leaving, and the primary says when to stop.
 const LEAVE_ON_TERM: &str = "HERD_WORKER_LEAVE_ON_TERM";
+/// Requests after which the worker asks to be replaced (0: never).
+const MAX_REQUESTS: &str = "HERD_WORKER_MAX_REQUESTS";
 /// Every variable of the contract, for removal.
-const ALL: [&str; 7] = [
+const ALL: [&str; 8] = [
     ID,
     CHANNEL_FD,
     REPORT_CLOSES,
@@ -38,6 +40,7 @@ const ALL: [&str; 7] = [
     ORPHAN_GRACE_MS,
     PROXY_HEADER_MS,
     LEAVE_ON_TERM,
+    MAX_REQUESTS,
 ];
 /// The grace when the variable is absent (the primary's default shutdown timeout).
 const DEFAULT_ORPHAN_GRACE: Duration = Duration::from_secs(30);
@@ -60,6 +63,9 @@ pub struct WorkerEnv {
     pub proxy_header: Option<Duration>,
     /// The cluster has a drain delay: on `SIGTERM` only leave (the primary coordinates).
     pub leave_on_term: bool,
+    /// Requests after which the worker asks to be replaced (0: never; the primary has
+    /// already added this worker's share of the jitter).
+    pub max_requests: u64,
 }
 
 /// Why the environment did not describe a worker.
@@ -74,7 +80,8 @@ impl WorkerEnv {
             .env(CHANNEL_FD, self.channel_fd.to_string())
             .env(REPORT_CLOSES, if self.report_closes { "1" } else { "0" })
             .env(MAX_CONNECTIONS, self.max_connections.to_string())
-            .env(ORPHAN_GRACE_MS, self.orphan_grace.as_millis().to_string());
+            .env(ORPHAN_GRACE_MS, self.orphan_grace.as_millis().to_string())
+            .env(MAX_REQUESTS, self.max_requests.to_string());
         if self.leave_on_term {
             cmd.env(LEAVE_ON_TERM, "1");
         }
@@ -117,6 +124,10 @@ impl WorkerEnv {
                     None => 0,
                     Some(v) => v.parse().map_err(|_| BadWorkerEnv(MAX_CONNECTIONS))?,
                 },
+                max_requests: match var(MAX_REQUESTS) {
+                    None => 0,
+                    Some(v) => v.parse().map_err(|_| BadWorkerEnv(MAX_REQUESTS))?,
+                },
                 orphan_grace: match var(ORPHAN_GRACE_MS) {
                     None => DEFAULT_ORPHAN_GRACE,
                     Some(v) => {
@@ -151,6 +162,7 @@ mod tests {
             orphan_grace: Duration::from_millis(1500),
             proxy_header: Some(Duration::from_millis(2500)),
             leave_on_term: true,
+            max_requests: 12,
         };
         let mut cmd = Command::new("true");
         env.apply(&mut cmd);

@@ -399,3 +399,42 @@ fn a_waiting_stop_client_sees_the_socket_close() {
     assert!(server.wait_exit(DEADLINE).success());
     assert!(!sock.exists(), "the socket file is removed");
 }
+
+#[test]
+fn workers_are_recycled_after_their_request_limit_with_no_failed_request() {
+    let mut server = Server::start(&[
+        "--workers",
+        "2",
+        "--max-requests-per-worker",
+        "60",
+        "--max-requests-jitter",
+        "20",
+    ]);
+    let first = server.workers();
+    let (clients, stop) = start_load(&server);
+    wait_for("four workers recycled", DEADLINE, || {
+        server.workers();
+        (server.count_log("reached its request limit: replacing it") >= 4).then_some(())
+    });
+    // A reload asked while workers are recycled replaces every worker and answers.
+    let reload = herd(&["reload", "--port", &port_arg(&server)]);
+    assert_eq!(reload.code, Some(0), "{}", reload.stderr);
+    stop.store(true, Ordering::Relaxed);
+    let r = merge(clients);
+    assert_eq!(r.failed, 0, "no failed request: {:?}", r.errors);
+    let now = wait_workers(&mut server, 2);
+    assert!(now.iter().all(|p| !first.contains(p)), "{now:?} {first:?}");
+    let recycled: Vec<u32> = server
+        .log_lines("reached its request limit: replacing it")
+        .iter()
+        .filter_map(|l| l.split("worker ").nth(1)?.split(' ').next()?.parse().ok())
+        .collect();
+    assert!(recycled.len() >= 4, "{recycled:?}");
+    for pid in recycled {
+        let served = r.by_pid.get(&pid).copied().unwrap_or(0);
+        assert!(
+            served >= 60,
+            "worker {pid} was replaced after only {served} requests"
+        );
+    }
+}

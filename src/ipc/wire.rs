@@ -96,6 +96,9 @@ pub enum ToPrimary {
     Stats(WorkerStats),
     /// A user message (`Context::send` in a worker).
     Message(Vec<u8>),
+    /// The worker served its request limit (`--max-requests-per-worker`): replace it
+    /// gracefully. Sent once.
+    Recycle,
 }
 
 /// A message that can be queued on an [`super::Endpoint`].
@@ -139,6 +142,7 @@ const P_CLOSED: u8 = 104;
 const P_STATS: u8 = 105;
 const P_MSG: u8 = 106;
 const P_REFUSED: u8 = 107;
+const P_RECYCLE: u8 = 108;
 
 fn read_u64(b: &[u8], at: usize) -> Result<u64, IpcError> {
     b.get(at..at + 8)
@@ -259,6 +263,7 @@ impl Outgoing for ToPrimary {
                 }
             }
             ToPrimary::Message(p) => write_payload(P_MSG, p, out)?,
+            ToPrimary::Recycle => out.push(P_RECYCLE),
         }
         Ok(())
     }
@@ -315,6 +320,7 @@ impl Incoming for ToPrimary {
                 }))
             }
             Some(&P_MSG) => Ok(ToPrimary::Message(body.to_vec())),
+            Some(&P_RECYCLE) => Ok(ToPrimary::Recycle),
             _ => Err(IpcError::Malformed("unknown tag from worker")),
         }
     }
@@ -365,6 +371,7 @@ mod tests {
                 },
             }),
             ToPrimary::Message(vec![0; 10]),
+            ToPrimary::Recycle,
         ] {
             assert_eq!(ToPrimary::decode(&bytes(&m)).unwrap(), m);
         }

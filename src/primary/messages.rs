@@ -112,6 +112,7 @@ impl Primary {
                 self.answer_status_if_fresh();
             }
             ToPrimary::Message(payload) => self.emit(Event::Message { id, pid, payload }),
+            ToPrimary::Recycle => self.recycle(key),
         }
     }
 

@@ -17,6 +17,9 @@ pub(super) struct Reload {
     todo: VecDeque<SlotIndex>,
     /// The replacement being started: its slot, its key and its online deadline.
     current: Option<(SlotIndex, ProcKey, Instant)>,
+    /// Only workers that reached their request limit are being replaced (no one waits for
+    /// the end, and a reload asked meanwhile widens it to every worker).
+    recycle: bool,
 }
 
 impl Reload {
@@ -32,14 +35,28 @@ impl Primary {
         if self.stopping() {
             return;
         }
-        if self.phase.reload.is_some() {
-            log::warn!("reload already in progress; ignoring SIGHUP");
+        let all: Vec<SlotIndex> = self.workers.indices().collect();
+        if let Some(r) = self.phase.reload.as_mut() {
+            if !r.recycle {
+                log::warn!("reload already in progress; ignoring SIGHUP");
+                return;
+            }
+            // Workers are being recycled: the reload takes over and replaces every one.
+            r.recycle = false;
+            let busy = r.current.map(|c| c.0);
+            for i in all {
+                if !r.todo.contains(&i) && busy != Some(i) {
+                    r.todo.push_back(i);
+                }
+            }
+            log::info!("reloading {} workers one at a time", self.workers.active());
             return;
         }
         log::info!("reloading {} workers one at a time", self.workers.active());
         self.phase.reload = Some(Reload {
-            todo: self.workers.indices().collect(),
+            todo: all.into(),
             current: None,
+            recycle: false,
         });
         self.step_reload(Instant::now());
     }
@@ -53,6 +70,10 @@ impl Primary {
         if let Some((i, new, deadline)) = r.current.take() {
             let state = self.workers.get(new).map(|p| (p.state, p.channel_closed));
             match state {
+                // The slot was given up (scaled down) meanwhile: the new worker goes too.
+                Some((State::Online, false)) if i.0 >= self.workers.active() => {
+                    self.disconnect(new)
+                }
                 Some((State::Online, false)) => self.swap_in(i, new),
                 Some((State::Starting, false)) if now < deadline => {
                     r.current = Some((i, new, deadline));
@@ -98,8 +119,41 @@ impl Primary {
                 }
             }
         }
-        log::info!("reload complete");
+        if r.recycle {
+            log::info!("recycling complete");
+        } else {
+            log::info!("reload complete");
+        }
         self.reload_finished(Ok("reload complete".into()));
+    }
+
+    /// Worker `key` served its request limit: replace it the way a reload does (its
+    /// replacement first, then it drains), one worker at a time.
+    pub(super) fn recycle(&mut self, key: ProcKey) {
+        let Some(p) = self.workers.get(key) else {
+            return;
+        };
+        let (i, pid) = (p.slot, p.pid);
+        let current = self.workers.slot(i).current == Some(key);
+        if self.stopping() || !current || i.0 >= self.workers.active() {
+            return;
+        }
+        log::info!("worker {pid} reached its request limit: replacing it");
+        match self.phase.reload.as_mut() {
+            Some(r) => {
+                if !r.todo.contains(&i) && r.current.map(|c| c.0) != Some(i) {
+                    r.todo.push_back(i);
+                }
+            }
+            None => {
+                self.phase.reload = Some(Reload {
+                    todo: [i].into(),
+                    current: None,
+                    recycle: true,
+                });
+                self.step_reload(Instant::now());
+            }
+        }
     }
 
     /// The replacement `new` is online: it takes slot `i`, and the old worker drains.

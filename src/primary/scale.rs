@@ -1,8 +1,9 @@
 //! Changing the number of workers at runtime (`herd scale`, `SIGTTIN`/`SIGTTOU`): new slots
 //! get a worker at once; surplus slots, the highest ids first, are drained gracefully (their
 //! worker finishes what it serves and is not replaced). A slot that is given up keeps its
-//! counters, and comes back with them when the cluster grows again. Never below one worker;
-//! not while a reload runs (the reload's plan would be stale) or the cluster stops.
+//! counters, and comes back with them when the cluster grows again. Never below one worker,
+//! nor while the cluster stops. During a reload, a replacement that comes online for a slot
+//! given up meanwhile is drained too (see `reload`), and new slots start on the new code.
 
 use std::os::fd::AsFd;
 
@@ -16,9 +17,6 @@ impl Primary {
     pub(super) fn scale(&mut self, s: Scale) -> Result<String, String> {
         if self.stopping() {
             return Err("the server is shutting down".into());
-        }
-        if self.phase.reload.is_some() {
-            return Err("a reload is running; scale again once it is complete".into());
         }
         let now = self.workers.active();
         let target = s.target(now)?;

@@ -29,9 +29,26 @@ pub struct Spawner {
     pub proxy_header: Option<std::time::Duration>,
     /// The cluster has a drain delay (workers leave on `SIGTERM`, the primary coordinates).
     pub leave_on_term: bool,
+    /// Requests after which a worker is replaced (0: never), plus a random share of
+    /// `max_requests_jitter` per worker so that they are not all replaced at once.
+    pub max_requests: u64,
+    /// Most extra requests a worker's limit gets (gunicorn's `max_requests_jitter`).
+    pub max_requests_jitter: u64,
 }
 
 impl Spawner {
+    /// One worker's request limit: `max_requests` plus a random 0..=`max_requests_jitter`.
+    fn request_limit(&self) -> u64 {
+        if self.max_requests == 0 {
+            return 0;
+        }
+        use std::hash::BuildHasher;
+        // Each RandomState has fresh keys: a cheap random number, no dependency.
+        let r = std::collections::hash_map::RandomState::new().hash_one(std::process::id());
+        let jitter = r % self.max_requests_jitter.saturating_add(1).max(1);
+        self.max_requests.saturating_add(jitter)
+    }
+
     /// Starts worker `id` with its end of a fresh channel; returns the child, the primary's
     /// end, and a second handle on the worker's end (close-on-exec, so only this worker has
     /// it) for reading back what the worker leaves unread.
@@ -51,6 +68,7 @@ impl Spawner {
             orphan_grace: self.orphan_grace,
             proxy_header: self.proxy_header,
             leave_on_term: self.leave_on_term,
+            max_requests: self.request_limit(),
         }
         .apply(&mut cmd);
         crate::sys::keep_open_across_exec(&mut cmd, fd);

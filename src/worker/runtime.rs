@@ -44,6 +44,8 @@ pub struct Runtime<H: Handler> {
     orphan_deadline: Option<Instant>,
     /// The cluster has a drain delay: `SIGTERM` only marks the worker as leaving.
     leave_on_term: bool,
+    /// Requests after which the primary is asked for a replacement (once; 0: never).
+    recycle_after: u64,
 }
 
 impl<H: Handler> Runtime<H> {
@@ -76,6 +78,7 @@ impl<H: Handler> Runtime<H> {
             orphan_grace: env.orphan_grace,
             orphan_deadline: None,
             leave_on_term: env.leave_on_term,
+            recycle_after: env.max_requests,
         })
     }
 
@@ -177,6 +180,15 @@ impl<H: Handler> Runtime<H> {
 
     /// Acks what this turn took, registers it once the ack has left, reports, sweeps.
     fn finish_turn(&mut self) {
+        if self.recycle_after > 0 && self.ctx.requests >= self.recycle_after {
+            log::info!(
+                "worker {} served {} requests: asking to be replaced",
+                std::process::id(),
+                self.ctx.requests
+            );
+            self.recycle_after = 0;
+            self.ctx.outgoing.push_back(ToPrimary::Recycle);
+        }
         if self.admission.holds_any() || self.admission.paused() {
             self.refill();
         }
