@@ -236,12 +236,17 @@ fn another_uid_is_refused_and_logged() {
     );
 }
 
+/// The control socket a server opened at its default path, as it logged it.
+fn default_socket(server: &Server) -> PathBuf {
+    let line = server.wait_log("control socket at ", DEADLINE);
+    PathBuf::from(line.rsplit("control socket at ").next().unwrap().trim())
+}
+
 #[test]
 fn the_default_socket_lives_in_a_private_directory() {
     let server = Server::start(&["--workers", "1"]);
-    let line = server.wait_log("control socket at ", DEADLINE);
-    let path = PathBuf::from(line.rsplit("control socket at ").next().unwrap().trim());
-    assert!(path.ends_with(format!("{}.sock", server.port)), "{line}");
+    let path = default_socket(&server);
+    assert!(path.ends_with(format!("{}.sock", server.port)), "{path:?}");
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(path.parent().unwrap())
         .unwrap()
@@ -437,4 +442,25 @@ fn workers_are_recycled_after_their_request_limit_with_no_failed_request() {
             "worker {pid} was replaced after only {served} requests"
         );
     }
+}
+
+#[test]
+fn scaling_down_during_a_reload_leaves_exactly_the_asked_workers() {
+    let mut server = Server::start(&["--workers", "4"]);
+    let sock = default_socket(&server);
+    let (clients, stop) = start_load(&server);
+    // Ask for a reload without waiting for it, then scale down while it (likely) runs.
+    let reload = UnixStream::connect(&sock).unwrap();
+    (&reload).write_all(b"reload\n").unwrap();
+    assert!(raw_control(&sock, b"scale 1\n").starts_with("ok scaled from 4 to 1"));
+    let mut answer = String::new();
+    BufReader::new(reload).read_line(&mut answer).unwrap();
+    assert_eq!(answer.trim(), "ok reload complete");
+    let one = wait_workers(&mut server, 1);
+    assert!(raw_control(&sock, b"scale 3\n").starts_with("ok scaled from 1 to 3"));
+    let three = wait_workers(&mut server, 3);
+    assert!(three.contains(&one[0]));
+    stop.store(true, Ordering::Relaxed);
+    let r = merge(clients);
+    assert_eq!(r.failed, 0, "no failed request: {:?}", r.errors);
 }

@@ -10,9 +10,10 @@ use mio::event::Source;
 use mio::{Interest, Registry, Token};
 use slab::Slab;
 
-/// A connection's number among its server's connections.
+/// A connection's number among its server's connections. It names that connection only:
+/// an answer kept for a client that has gone never reaches the next one in its slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ConnId(usize);
+pub struct ConnId(usize, u64);
 
 /// What a connection sent.
 #[derive(Debug, PartialEq, Eq)]
@@ -25,6 +26,8 @@ pub enum Incoming {
 
 struct Conn<S> {
     stream: S,
+    /// Which connection of its slot this is.
+    serial: u64,
     input: Vec<u8>,
     out: Vec<u8>,
     sent: usize,
@@ -41,6 +44,7 @@ pub struct Conns<S> {
     max_in: usize,
     terminator: &'static [u8],
     slab: Slab<Conn<S>>,
+    serials: u64,
 }
 
 impl<S: Source + Read + Write> Conns<S> {
@@ -53,6 +57,7 @@ impl<S: Source + Read + Write> Conns<S> {
             max_in,
             terminator,
             slab: Slab::new(),
+            serials: 0,
         }
     }
 
@@ -84,9 +89,11 @@ impl<S: Source + Read + Write> Conns<S> {
             log::warn!("cannot watch a client connection: {e}");
             return None;
         }
-        let id = ConnId(entry.key());
+        self.serials += 1;
+        let id = ConnId(entry.key(), self.serials);
         entry.insert(Conn {
             stream,
+            serial: self.serials,
             input: Vec::new(),
             out: Vec::new(),
             sent: 0,
@@ -99,7 +106,8 @@ impl<S: Source + Read + Write> Conns<S> {
     /// Handles readiness of `token`: sends what waits, reads a request if one is due.
     pub fn ready(&mut self, token: Token, registry: &Registry) -> Option<(ConnId, Incoming)> {
         let i = self.index(token)?;
-        self.flush(ConnId(i), registry);
+        let id = ConnId(i, self.slab.get(i)?.serial);
+        self.flush(id, registry);
         let c = self.slab.get_mut(i)?;
         if c.got {
             return None;
@@ -108,7 +116,7 @@ impl<S: Source + Read + Write> Conns<S> {
         loop {
             match c.stream.read(&mut buf) {
                 Ok(0) => {
-                    self.remove(ConnId(i), registry);
+                    self.remove(id, registry);
                     return None;
                 }
                 Ok(n) => {
@@ -117,18 +125,18 @@ impl<S: Source + Read + Write> Conns<S> {
                     if let Some(end) = c.input.windows(t.len()).position(|w| w == t) {
                         c.got = true;
                         c.input.truncate(end);
-                        return Some((ConnId(i), Incoming::Request(std::mem::take(&mut c.input))));
+                        return Some((id, Incoming::Request(std::mem::take(&mut c.input))));
                     }
                     if c.input.len() > self.max_in {
                         c.got = true;
                         c.input = Vec::new();
-                        return Some((ConnId(i), Incoming::TooLong));
+                        return Some((id, Incoming::TooLong));
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => {
-                    self.remove(ConnId(i), registry);
+                    self.remove(id, registry);
                     return None;
                 }
             }
@@ -138,7 +146,7 @@ impl<S: Source + Read + Write> Conns<S> {
     /// Queues `bytes` for connection `id` (gone: nothing happens) and sends what it can;
     /// `close` closes it once everything has left.
     pub fn send(&mut self, id: ConnId, bytes: &[u8], close: bool, registry: &Registry) {
-        let Some(c) = self.slab.get_mut(id.0) else {
+        let Some(c) = self.slab.get_mut(id.0).filter(|c| c.serial == id.1) else {
             return;
         };
         c.out.extend_from_slice(bytes);
@@ -147,7 +155,7 @@ impl<S: Source + Read + Write> Conns<S> {
     }
 
     fn flush(&mut self, id: ConnId, registry: &Registry) {
-        let Some(c) = self.slab.get_mut(id.0) else {
+        let Some(c) = self.slab.get_mut(id.0).filter(|c| c.serial == id.1) else {
             return;
         };
         while c.sent < c.out.len() {
@@ -169,14 +177,11 @@ impl<S: Source + Read + Write> Conns<S> {
 
     /// Closes connection `id`.
     pub fn remove(&mut self, id: ConnId, registry: &Registry) {
-        if let Some(mut c) = self.slab.try_remove(id.0) {
-            let _ = registry.deregister(&mut c.stream);
+        if self.slab.get(id.0).is_some_and(|c| c.serial == id.1) {
+            if let Some(mut c) = self.slab.try_remove(id.0) {
+                let _ = registry.deregister(&mut c.stream);
+            }
         }
-    }
-
-    /// The stream of connection `id`, if it is open.
-    pub fn stream(&self, id: ConnId) -> Option<&S> {
-        self.slab.get(id.0).map(|c| &c.stream)
     }
 
     /// Connections open.

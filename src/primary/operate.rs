@@ -133,10 +133,9 @@ impl Primary {
                 self.answer(client, Err("the server is shutting down".into()))
             }
             Request::Reload => {
+                // Joins a reload that runs; widens a recycling to every worker.
                 self.admin.reload_waiters.push(client);
-                if self.phase.reload.is_none() {
-                    self.begin_reload();
-                }
+                self.begin_reload();
             }
             Request::Scale(s) => {
                 let reply = self.scale(s);

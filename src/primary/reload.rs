@@ -38,7 +38,7 @@ impl Primary {
         let all: Vec<SlotIndex> = self.workers.indices().collect();
         if let Some(r) = self.phase.reload.as_mut() {
             if !r.recycle {
-                log::warn!("reload already in progress; ignoring SIGHUP");
+                log::warn!("a reload is already in progress; this request joins it");
                 return;
             }
             // Workers are being recycled: the reload takes over and replaces every one.
