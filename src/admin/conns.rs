@@ -194,3 +194,30 @@ impl<S: Source + Read + Write> Conns<S> {
         self.slab.is_empty()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    #[test]
+    fn an_answer_for_a_gone_client_reaches_nobody() {
+        let poll = mio::Poll::new().unwrap();
+        let mut conns = Conns::new(100, 2, 16, b"\n");
+        let (a, _a_peer) = mio::net::UnixStream::pair().unwrap();
+        let old = conns.add(a, poll.registry()).unwrap();
+        conns.remove(old, poll.registry());
+        let (b, mut b_peer) = std::os::unix::net::UnixStream::pair().unwrap();
+        b.set_nonblocking(true).unwrap();
+        let new = conns
+            .add(mio::net::UnixStream::from_std(b), poll.registry())
+            .unwrap();
+        assert_ne!(old, new);
+        conns.send(old, b"stale\n", true, poll.registry());
+        conns.send(new, b"fresh\n", true, poll.registry());
+        let mut got = String::new();
+        b_peer.read_to_string(&mut got).unwrap();
+        assert_eq!(got, "fresh\n");
+        assert!(conns.is_empty(), "closed once sent");
+    }
+}

@@ -61,6 +61,9 @@ impl Primary {
             if let Some(key) = slot.current {
                 self.disconnect(key);
             }
+            // Under reuseport the kernel keeps hashing connections onto the slot's socket,
+            // which its draining worker no longer accepts on: the primary takes them over.
+            self.adopt(i);
         }
         self.dispatch();
     }
