@@ -464,3 +464,27 @@ fn scaling_down_during_a_reload_leaves_exactly_the_asked_workers() {
     let r = merge(clients);
     assert_eq!(r.failed, 0, "no failed request: {:?}", r.errors);
 }
+
+#[test]
+fn a_default_directory_open_to_others_is_not_used() {
+    use std::os::unix::fs::PermissionsExt;
+    let runtime = scratch_dir("xdg");
+    let dir = runtime.join("herd");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let server = Launch::herd(&["--workers", "1"])
+        .env("XDG_RUNTIME_DIR", runtime.to_str().unwrap())
+        .start();
+    server.wait_log("is open to other users", DEADLINE);
+    assert!(server.find_log("running without one").is_some());
+    assert_eq!(
+        std::fs::read_dir(&dir).unwrap().count(),
+        0,
+        "no socket there"
+    );
+    assert_eq!(
+        get(server.addr(), "/").unwrap().status,
+        200,
+        "it serves anyway"
+    );
+}

@@ -56,8 +56,15 @@ pub struct Asked {
 
 impl ControlServer {
     /// Creates the socket at `path` (its directory 0700 when created here, the socket 0600),
-    /// replacing a stale file, and registers it with tokens from `base` on.
-    pub fn bind(path: &Path, registry: &Registry, base: usize) -> Result<Self, ControlError> {
+    /// replacing a stale file, and registers it with tokens from `base` on. `private_dir`:
+    /// the directory must also be this user's and closed to others (the default location,
+    /// which another user could have created first under `/tmp`).
+    pub fn bind(
+        path: &Path,
+        registry: &Registry,
+        base: usize,
+        private_dir: bool,
+    ) -> Result<Self, ControlError> {
         let err = |source| ControlError {
             path: path.to_path_buf(),
             source,
@@ -69,6 +76,9 @@ impl ControlServer {
                     .mode(0o700)
                     .create(dir)
                     .map_err(err)?;
+            }
+            if private_dir {
+                check_private(dir).map_err(err)?;
             }
         }
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
@@ -186,6 +196,32 @@ impl Drop for ControlServer {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
     }
+}
+
+/// The directory must belong to this user and be closed to everyone else.
+fn check_private(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(dir)?;
+    let me = nix::unistd::getuid().as_raw();
+    let denied = |why: String| Err(io::Error::new(io::ErrorKind::PermissionDenied, why));
+    if !meta.is_dir() {
+        return denied(format!("{} is not a directory", dir.display()));
+    }
+    if meta.uid() != me {
+        return denied(format!(
+            "{} belongs to uid {}, not {me}",
+            dir.display(),
+            meta.uid()
+        ));
+    }
+    if meta.mode() & 0o077 != 0 {
+        return denied(format!(
+            "{} is open to other users (mode {:o}; chmod 700 it)",
+            dir.display(),
+            meta.mode() & 0o777
+        ));
+    }
+    Ok(())
 }
 
 fn one_line(text: &str) -> String {

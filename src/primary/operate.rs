@@ -82,7 +82,7 @@ impl Primary {
             ControlSocket::Default => (crate::admin::socket_path(self.local_addr.port()), false),
             ControlSocket::At(p) => (p.clone(), true),
         };
-        match ControlServer::bind(&path, self.poll.registry(), CONTROL_BASE) {
+        match ControlServer::bind(&path, self.poll.registry(), CONTROL_BASE, !explicit) {
             Ok(c) => {
                 log::info!("control socket at {}", path.display());
                 self.admin.control = Some(c);
