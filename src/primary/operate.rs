@@ -150,8 +150,9 @@ impl Primary {
                         self.poll.registry(),
                     );
                 }
+                // As SIGTERM: the drain delay first, if there is one.
                 if !self.stopping() {
-                    self.begin_shutdown();
+                    self.stop_signal();
                 }
             }
         }
