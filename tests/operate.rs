@@ -488,3 +488,13 @@ fn a_default_directory_open_to_others_is_not_used() {
         "it serves anyway"
     );
 }
+
+#[test]
+fn stop_honours_the_drain_delay_as_sigterm_does() {
+    let mut server = Server::start(&["--workers", "1", "--drain-delay", "300ms"]);
+    let r = herd(&["stop", "--port", &port_arg(&server)]);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(server.wait_exit(DEADLINE).success());
+    server.wait_log("leaving: health checks fail", DEADLINE);
+    server.wait_log("drain delay over", DEADLINE);
+}
