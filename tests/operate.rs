@@ -102,7 +102,16 @@ fn status_rows_match_the_running_workers() {
     for _ in 0..10 {
         assert_eq!(get(server.addr(), "/").unwrap().status, 200);
     }
-    let v = status_json(&server);
+    // Counters are as fresh as the workers' last answer: wait for all ten requests.
+    let v = wait_for("the ten requests in the counters", DEADLINE, || {
+        let v = status_json(&server);
+        let served: u64 = v["workers"]
+            .as_array()?
+            .iter()
+            .filter_map(|w| w["requests"].as_u64())
+            .sum();
+        (served == 10).then_some(v)
+    });
     assert_eq!(v["primary_pid"].as_u64(), Some(server.pid() as u64));
     assert_eq!(v["policy"], "round-robin");
     assert_eq!(v["pending"].as_u64(), Some(0));
@@ -128,11 +137,6 @@ fn status_rows_match_the_running_workers() {
         assert!(w["rss_bytes"].as_u64().unwrap() > 0);
     }
     assert_eq!(pids_of(&v), server.workers(), "the pids /proc shows");
-    let served: u64 = workers
-        .iter()
-        .map(|w| w["requests"].as_u64().unwrap())
-        .sum();
-    assert_eq!(served, 10, "fresh counters: {v}");
     let table = herd(&["status", "--port", &port_arg(&server)]);
     assert_eq!(table.code, Some(0));
     for pid in server.workers() {
