@@ -2,13 +2,18 @@
 //! control socket and the metrics endpoint: each connection sends one request (ended by a
 //! terminator, at most `max_in` bytes), gets one answer, and is closed once the answer has
 //! left. Nothing here ever blocks: reads and writes stop at `WouldBlock` and resume on the
-//! next readiness event; a client that never reads its answer only holds its own slot.
+//! next readiness event; a client that never reads its answer only holds its own slot, and
+//! only for [`TIMEOUT`] (as one that never finishes its request).
 
 use std::io::{self, Read, Write};
+use std::time::{Duration, Instant};
 
 use mio::event::Source;
 use mio::{Interest, Registry, Token};
 use slab::Slab;
+
+/// How long a connection may take to send its request, or to take its answer.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A connection's number among its server's connections. It names that connection only:
 /// an answer kept for a client that has gone never reaches the next one in its slot.
@@ -28,6 +33,8 @@ struct Conn<S> {
     stream: S,
     /// Which connection of its slot this is.
     serial: u64,
+    /// When it was accepted, or its answer queued: [`TIMEOUT`] runs from here.
+    since: Instant,
     input: Vec<u8>,
     out: Vec<u8>,
     sent: usize,
@@ -94,6 +101,7 @@ impl<S: Source + Read + Write> Conns<S> {
         entry.insert(Conn {
             stream,
             serial: self.serials,
+            since: Instant::now(),
             input: Vec::new(),
             out: Vec::new(),
             sent: 0,
@@ -151,6 +159,7 @@ impl<S: Source + Read + Write> Conns<S> {
         };
         c.out.extend_from_slice(bytes);
         c.close_when_sent |= close;
+        c.since = Instant::now();
         self.flush(id, registry);
     }
 
@@ -182,6 +191,36 @@ impl<S: Source + Read + Write> Conns<S> {
                 let _ = registry.deregister(&mut c.stream);
             }
         }
+    }
+
+    /// True for a connection the timeout applies to: one still sending its request, or not
+    /// taking its answer. One that waits for its answer (a reload, a stop) waits as long as
+    /// that takes.
+    fn timed(c: &Conn<S>) -> bool {
+        !c.got || c.sent < c.out.len()
+    }
+
+    /// When the next connection times out, if any can.
+    pub fn next_timeout(&self) -> Option<Instant> {
+        self.slab
+            .iter()
+            .filter(|(_, c)| Self::timed(c))
+            .map(|(_, c)| c.since + TIMEOUT)
+            .min()
+    }
+
+    /// Closes the connections whose time is up; returns how many.
+    pub fn expire(&mut self, now: Instant, registry: &Registry) -> usize {
+        let late: Vec<ConnId> = self
+            .slab
+            .iter()
+            .filter(|(_, c)| Self::timed(c) && c.since + TIMEOUT <= now)
+            .map(|(k, c)| ConnId(k, c.serial))
+            .collect();
+        for &id in &late {
+            self.remove(id, registry);
+        }
+        late.len()
     }
 
     /// Connections open.
@@ -219,5 +258,25 @@ mod tests {
         b_peer.read_to_string(&mut got).unwrap();
         assert_eq!(got, "fresh\n");
         assert!(conns.is_empty(), "closed once sent");
+    }
+
+    #[test]
+    fn silent_clients_time_out_but_waiting_ones_do_not() {
+        let poll = mio::Poll::new().unwrap();
+        let mut conns = Conns::new(100, 4, 16, b"\n");
+        let (silent, _p1) = mio::net::UnixStream::pair().unwrap();
+        conns.add(silent, poll.registry()).unwrap();
+        let (asker, mut p2) = std::os::unix::net::UnixStream::pair().unwrap();
+        asker.set_nonblocking(true).unwrap();
+        let asker = mio::net::UnixStream::from_std(asker);
+        let id = conns.add(asker, poll.registry()).unwrap();
+        std::io::Write::write_all(&mut p2, b"reload\n").unwrap();
+        let got = conns.ready(Token(100 + 1 + 1), poll.registry());
+        assert_eq!(got, Some((id, Incoming::Request(b"reload".to_vec()))));
+        assert!(conns.next_timeout().is_some());
+        let later = Instant::now() + TIMEOUT + Duration::from_secs(1);
+        assert_eq!(conns.expire(later, poll.registry()), 1, "the silent one");
+        assert_eq!(conns.len(), 1, "the one waiting for its answer stays");
+        assert_eq!(conns.next_timeout(), None);
     }
 }

@@ -168,6 +168,19 @@ impl ControlServer {
         }
     }
 
+    /// When the next client times out, if any can.
+    pub fn next_timeout(&self) -> Option<std::time::Instant> {
+        self.clients.next_timeout()
+    }
+
+    /// Closes the clients that took too long to ask, or to take their answer.
+    pub fn expire(&mut self, now: std::time::Instant, registry: &Registry) {
+        let n = self.clients.expire(now, registry);
+        if n > 0 {
+            log::warn!("control socket: closed {n} clients that sent no request in time");
+        }
+    }
+
     /// Answers `client` with one line (`ok ...` or `error ...`) and closes it once sent.
     pub fn answer(&mut self, client: ConnId, reply: Result<String, String>, registry: &Registry) {
         self.say(client, reply, true, registry);

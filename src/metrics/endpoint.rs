@@ -98,6 +98,21 @@ impl MetricsServer {
         self.resume(registry);
     }
 
+    /// When the next client times out, if any can.
+    pub fn next_timeout(&self) -> Option<std::time::Instant> {
+        self.clients.next_timeout()
+    }
+
+    /// Closes the clients that took too long to ask, or to take their answer (a silent
+    /// connection holds a slot for a while, not for ever).
+    pub fn expire(&mut self, now: std::time::Instant, registry: &Registry) {
+        let n = self.clients.expire(now, registry);
+        if n > 0 {
+            log::debug!("metrics: closed {n} clients that sent no request in time");
+            self.resume(registry);
+        }
+    }
+
     fn accept(&mut self, registry: &Registry) {
         while !self.clients.full() {
             match self.listener.accept() {

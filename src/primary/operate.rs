@@ -205,15 +205,27 @@ impl Primary {
 
     /// When a waiting answer is due anyway, or counters are to be asked for.
     pub(super) fn admin_timer(&self) -> Option<Instant> {
-        self.admin
-            .status_deadline
-            .into_iter()
-            .chain(self.admin.next_refresh)
-            .min()
+        let control = self.admin.control.as_ref().and_then(|c| c.next_timeout());
+        let metrics = self.admin.metrics.as_ref().and_then(|m| m.next_timeout());
+        [
+            self.admin.status_deadline,
+            self.admin.next_refresh,
+            control,
+            metrics,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// The control socket's and the metrics endpoint's timers.
     pub(super) fn admin_due(&mut self, now: Instant) {
+        if let Some(c) = self.admin.control.as_mut() {
+            c.expire(now, self.poll.registry());
+        }
+        if let Some(m) = self.admin.metrics.as_mut() {
+            m.expire(now, self.poll.registry());
+        }
         self.refresh_due(now);
         self.answer_status_if_fresh();
     }
