@@ -352,7 +352,7 @@ fn scale_up_and_down_under_load_fails_no_request() {
     let r = herd(&["scale", "-3", "--port", &port]);
     assert_eq!(
         (r.code, r.stdout.trim()),
-        (Some(0), "scaled from 4 to 1 workers")
+        (Some(0), "scaled from 4 to 1 worker")
     );
     let one = wait_workers(&mut server, 1);
     assert!(four.contains(&one[0]));

@@ -25,8 +25,10 @@ impl Primary {
         } else if target < now {
             self.shrink(now, target);
         }
-        log::info!("scaled from {now} to {target} workers");
-        Ok(format!("scaled from {now} to {target} workers"))
+        let noun = if target == 1 { "worker" } else { "workers" };
+        let said = format!("scaled from {now} to {target} {noun}");
+        log::info!("{said}");
+        Ok(said)
     }
 
     /// `SIGTTIN` / `SIGTTOU`: one more or one fewer, as in gunicorn.
