@@ -343,7 +343,8 @@ impl Cluster {
     /// `if (cluster.isPrimary) { ... } else { ... }`.
     ///
     /// Call it from `main` before starting other threads: the primary blocks the signals it
-    /// handles (`SIGINT`, `SIGTERM`, `SIGHUP`, `SIGUSR2`, `SIGCHLD`) on this thread, and only
+    /// handles (`SIGINT`, `SIGTERM`, `SIGHUP`, `SIGUSR2`, `SIGCHLD`, and `SIGTTIN`/`SIGTTOU`,
+    /// which add or remove a worker) on this thread, and only
     /// threads started afterwards inherit that.
     pub fn events(mut self) -> Result<Events, Error> {
         let queue: Rc<RefCell<VecDeque<Event>>> = Rc::default();
