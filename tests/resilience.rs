@@ -98,10 +98,12 @@ fn sighup_replaces_every_worker_without_a_failed_request() {
 /// with it (its CPU time has started to climb). Returns the worker's pid and the connection.
 fn start_slow_request(server: &mut Server) -> (u32, std::net::TcpStream) {
     let worker = server.workers()[0];
+    // Read before sending: a starved test thread that looked only afterwards could find the
+    // worker nearly done and never see it climb by five more ticks.
+    let start_ticks = cpu_ticks(worker);
     let mut s = connect(server.addr());
     s.write_all(b"GET /work?us=1000000 HTTP/1.1\r\nHost: t\r\n\r\n")
         .unwrap();
-    let start_ticks = cpu_ticks(worker);
     wait_for("the worker to be busy", DEADLINE, || {
         (cpu_ticks(worker) >= start_ticks + 5).then_some(())
     });
