@@ -130,6 +130,7 @@ pub struct Cluster {
     control: admin::ControlSocket,
     metrics: Option<SocketAddr>,
     max_requests: (u64, u64),
+    node: Option<primary::NodeCommand>,
 }
 
 impl Default for Cluster {
@@ -159,6 +160,7 @@ impl Cluster {
             control: admin::ControlSocket::Off,
             metrics: None,
             max_requests: (0, 0),
+            node: None,
         }
     }
 
@@ -288,6 +290,32 @@ impl Cluster {
         self
     }
 
+    /// Workers are `program args...` speaking Node's cluster protocol (an unmodified Node.js
+    /// app on `node:cluster`, as `herd run` starts them) instead of this program: each starts
+    /// with its channel at fd 3, `NODE_UNIQUE_ID`, `NODE_CHANNEL_FD=3`,
+    /// `NODE_CHANNEL_SERIALIZATION_MODE=json` and `PORT` (the port bound). Its
+    /// `process.send(msg)` arrives as [`Event::Message`] (the JSON text), and
+    /// [`Control::send`] of JSON text arrives as `process.on('message')`. Run such a cluster
+    /// with [`Cluster::bind`] and `run`, or [`Cluster::events`].
+    ///
+    /// ```no_run
+    /// fn main() -> Result<(), herd::Error> {
+    ///     herd::Cluster::new().workers(2).port(3000).node_workers("node", ["app.js"]).bind()?.run()?;
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn node_workers<I: IntoIterator<Item = S>, S: Into<OsString>>(
+        mut self,
+        program: impl Into<OsString>,
+        args: I,
+    ) -> Self {
+        self.node = Some(primary::NodeCommand {
+            program: program.into(),
+            args: args.into_iter().map(Into::into).collect(),
+        });
+        self
+    }
+
     /// Calls `hook` in the primary for every lifecycle event; it can send messages to workers,
     /// disconnect or kill them, or stop the cluster through [`Control`].
     ///
@@ -382,6 +410,7 @@ impl Cluster {
             leave_on_term: !self.drain_delay.is_zero(),
             max_requests: self.max_requests.0,
             max_requests_jitter: self.max_requests.1,
+            node: self.node,
         };
         let config = primary::Config {
             workers: self.workers,

@@ -5,6 +5,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+
+#[path = "cli/run.rs"]
+mod run;
 use herd::http::{HttpHandler, Limits};
 use herd::{Cluster, Policy};
 
@@ -27,6 +30,36 @@ enum Command {
     // Operating a running server over its control socket (issue 14).
     #[command(flatten)]
     Admin(herd::admin::cli::AdminCommand),
+    /// Run an unmodified Node.js cluster app under herd's primary: herd run -- node app.js
+    Run(RunArgs),
+}
+
+/// `herd run`: serve's options, then the command every worker runs.
+#[derive(Debug, Args)]
+struct RunArgs {
+    #[command(flatten)]
+    serve: ServeArgs,
+    /// The worker command (after `--`), e.g. node app.js
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    command: Vec<std::ffi::OsString>,
+}
+
+/// `herd run`: NODE_CLUSTER_SCHED_POLICY (rr, none) counts as --policy unless --policy or
+/// HERD_POLICY is given.
+fn run_node(mut a: RunArgs) -> Result<(), String> {
+    let explicit = std::env::var_os("HERD_POLICY").is_some()
+        || std::env::args_os()
+            .any(|x| x == "--policy" || x.to_string_lossy().starts_with("--policy="));
+    if let (false, Ok(p)) = (explicit, std::env::var("NODE_CLUSTER_SCHED_POLICY")) {
+        a.serve.policy = p
+            .parse()
+            .map_err(|e| format!("NODE_CLUSTER_SCHED_POLICY: {e}"))?;
+    }
+    if a.serve.proxy_protocol {
+        return Err("--proxy-protocol does not apply to herd run: Node workers read their sockets themselves".into());
+    }
+    let cluster = cluster(&a.serve)?.defer_accept(None);
+    run::run(cluster, &a.command)
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -150,9 +183,8 @@ impl ServeArgs {
     }
 }
 
-fn serve(args: ServeArgs) -> Result<(), String> {
-    let limits = args.limits();
-    let access_log = args.access_log;
+/// The cluster serve's options describe.
+fn cluster(args: &ServeArgs) -> Result<Cluster, String> {
     let mut cluster = Cluster::new()
         .addr(args.addr()?)
         .policy(args.policy)
@@ -164,7 +196,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         .defer_accept(Some(args.header_timeout))
         .proxy_protocol(args.proxy_protocol.then_some(args.header_timeout))
         .drain_delay(args.drain_delay)
-        .control_socket(match args.control {
+        .control_socket(match args.control.clone() {
             Some(path) => herd::admin::ControlSocket::At(path),
             None => herd::admin::ControlSocket::Default,
         })
@@ -173,7 +205,13 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     if let Some(n) = args.workers {
         cluster = cluster.workers(n as usize);
     }
-    cluster
+    Ok(cluster)
+}
+
+fn serve(args: ServeArgs) -> Result<(), String> {
+    let limits = args.limits();
+    let access_log = args.access_log;
+    cluster(&args)?
         .run(|| HttpHandler::new(limits).access_log(access_log))
         .map_err(|e| e.to_string())
 }
@@ -210,6 +248,7 @@ fn main() -> ExitCode {
         Some(Command::Admin(c)) => herd::admin::cli::run(c)
             .map(|out| println!("{out}"))
             .map_err(|e| e.to_string()),
+        Some(Command::Run(a)) => run_node(a),
         None => serve(cli.serve),
     };
     match result {

@@ -40,6 +40,27 @@ pub fn keep_open_across_exec(cmd: &mut Command, fd: RawFd) {
     }
 }
 
+/// Installs `fd` as descriptor `target` in `cmd`'s child, open across `exec` (Node's channel
+/// is fd 3). The parent's descriptors are untouched.
+pub fn install_fd_in_child(cmd: &mut Command, fd: RawFd, target: RawFd) {
+    // SAFETY: between fork and exec the closure calls only dup2 and fcntl, which are
+    // async-signal-safe, and touches no memory shared with other threads. When `fd` already
+    // is `target`, dup2 would leave close-on-exec set, so the flag is cleared instead.
+    unsafe {
+        cmd.pre_exec(move || {
+            let rc = if fd == target {
+                libc::fcntl(fd, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(fd, target)
+            };
+            if rc == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Takes ownership of an inherited descriptor after checking that it is open and a
 /// `SOCK_SEQPACKET` socket (the channel a herd primary passes): a wrong number in the
 /// environment is an error, never a stray descriptor closed or misused.

@@ -19,14 +19,17 @@
 //! (and `nix` 0.29 refuses to parse a truncated control message).
 
 mod channel;
+mod either;
 mod endpoint;
 pub mod lanes;
 mod link;
+pub mod node;
 pub mod wire;
 
 use std::io;
 
 pub use channel::{Channel, Packet};
+pub use either::{Inbound, Link};
 pub use endpoint::{Delivery, Endpoint, Envelope};
 pub use lanes::{MAX_QUEUED_BYTES, MAX_QUEUED_MESSAGES};
 pub use link::WorkerLink;

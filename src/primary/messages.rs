@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use super::workers::{ProcKey, State};
 use super::Primary;
 use crate::event::Event;
-use crate::ipc::{IpcError, ToPrimary};
+use crate::ipc::{Inbound, IpcError, ToPrimary};
 use crate::policy::ListenerPlan;
 
 /// How long a worker that refused connections (out of descriptors) gets none.
@@ -24,7 +24,8 @@ impl Primary {
                 return;
             }
             match p.link.recv() {
-                Ok(Some(d)) => self.on_message(key, d.msg),
+                Ok(Some(Inbound::Herd(msg))) => self.on_message(key, msg),
+                Ok(Some(Inbound::Node(msg))) => self.on_node_message(key, *msg),
                 Ok(None) => return,
                 Err(IpcError::Malformed(why)) => {
                     self.give_up(key, why);
@@ -117,7 +118,7 @@ impl Primary {
     }
 
     /// Logs the `listening on` line once every worker is online for the first time.
-    fn maybe_announce(&mut self) {
+    pub(super) fn maybe_announce(&mut self) {
         if self.phase.announced || self.stopping() || !self.workers.all_online() {
             return;
         }

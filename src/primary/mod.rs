@@ -24,6 +24,7 @@ mod events;
 mod handoff;
 mod leave;
 mod messages;
+mod node;
 mod observe;
 mod operate;
 mod reload;
@@ -48,7 +49,7 @@ use crate::signals::Signals;
 use accept::{Acceptor, LISTENER};
 pub use control::{Control, EventHook};
 pub use events::Events;
-pub use spawn::Spawner;
+pub use spawn::{NodeCommand, Spawner};
 use workers::{ProcKey, Workers};
 
 const SIGNALS: Token = Token(1);
@@ -138,6 +139,8 @@ pub struct Primary {
     hooks: control::Hooks,
     /// The control socket and the answers that wait.
     admin: operate::Admin,
+    /// The servers Node workers asked for (`herd run`).
+    node: node::Servers,
     /// Blocks the handled signals while the primary runs; `None` once it has finished, which
     /// restores the thread's previous mask.
     signals: Option<Signals>,
@@ -146,13 +149,18 @@ pub struct Primary {
 impl Primary {
     /// Binds the listener(s) and prepares the loop; no worker is started yet. Binding comes
     /// first: a port in use fails before anything about the process (its signal mask) changes.
-    pub fn new(config: Config, hook: Option<EventHook>) -> Result<Primary, PrimaryError> {
+    pub fn new(mut config: Config, hook: Option<EventHook>) -> Result<Primary, PrimaryError> {
         let bound = listen::bind(
             config.policy.listener_plan(),
             config.addr,
             config.workers,
             config.defer_accept,
         )?;
+        if config.spawner.node.is_some() {
+            // Node apps find their port in PORT (herd's, the real one when 0 was asked for).
+            let port = bound.local_addr.port().to_string();
+            config.spawner.env.push(("PORT".into(), port.into()));
+        }
         let poll = Poll::new()?;
         let acceptor = Acceptor::new(bound.accept, config.max_pending, poll.registry())?;
         crate::sys::ignore_sigpipe();
@@ -188,6 +196,7 @@ impl Primary {
                 control: Control::default(),
             },
             admin: operate::Admin::default(),
+            node: node::Servers::default(),
             signals: Some(signals),
             config,
         };

@@ -118,7 +118,8 @@ impl Primary {
                 continue;
             };
             if !p.channel_closed {
-                p.stats_fresh = false;
+                // A Node worker has no statistics to send: the primary's counts are its row.
+                p.stats_fresh = p.link.is_node();
                 p.link.send(ToWorker::StatsRequest);
                 self.flush(key);
             }

@@ -1,13 +1,16 @@
 //! Starting a worker process: the program, its arguments and environment, and its end of a
-//! fresh channel kept open across `exec`.
+//! fresh channel kept open across `exec`. A herd worker is this program again with herd's
+//! channel; a foreign (Node) worker is the user's command with Node's (`herd run`).
 
 use std::ffi::OsString;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
 use crate::event::WorkerId;
-use crate::ipc::Channel;
+use crate::ipc::node::{self, NodeLink};
+use crate::ipc::{Channel, Link, WorkerLink};
 use crate::worker_env::WorkerEnv;
 
 /// How to start a worker.
@@ -34,6 +37,17 @@ pub struct Spawner {
     pub max_requests: u64,
     /// Most extra requests a worker's limit gets (gunicorn's `max_requests_jitter`).
     pub max_requests_jitter: u64,
+    /// Workers are this foreign command speaking Node's cluster protocol instead (`herd run`).
+    pub node: Option<NodeCommand>,
+}
+
+/// A command whose processes are Node.js cluster workers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeCommand {
+    /// The program (`node`), looked up in `PATH`.
+    pub program: OsString,
+    /// Its arguments (`app.js ...`).
+    pub args: Vec<OsString>,
 }
 
 impl Spawner {
@@ -49,10 +63,18 @@ impl Spawner {
         self.max_requests.saturating_add(jitter)
     }
 
-    /// Starts worker `id` with its end of a fresh channel; returns the child, the primary's
-    /// end, and a second handle on the worker's end (close-on-exec, so only this worker has
-    /// it) for reading back what the worker leaves unread.
-    pub fn spawn(&self, id: WorkerId) -> io::Result<(Child, Channel, Channel)> {
+    /// Starts worker `id` with its end of a fresh channel; returns the child and the
+    /// primary's link to it.
+    pub fn spawn(&self, id: WorkerId) -> io::Result<(Child, Link)> {
+        match &self.node {
+            Some(command) => self.spawn_node(command, id),
+            None => self.spawn_herd(id),
+        }
+    }
+
+    /// A herd worker. The link keeps a second handle on the worker's end (close-on-exec, so
+    /// only this worker has it) for reading back what the worker leaves unread.
+    fn spawn_herd(&self, id: WorkerId) -> io::Result<(Child, Link)> {
         let (mine, theirs) = Channel::pair()?;
         let worker_end = theirs.try_clone()?;
         let fd = theirs.raw_fd();
@@ -74,6 +96,30 @@ impl Spawner {
         crate::sys::keep_open_across_exec(&mut cmd, fd);
         let child = cmd.spawn()?;
         drop(theirs);
-        Ok((child, mine, worker_end))
+        Ok((child, Link::Herd(WorkerLink::new(mine, Some(worker_end)))))
+    }
+
+    /// A Node worker: the command with the channel at fd 3 and Node's environment, as
+    /// `cluster.fork()` starts one. The primary keeps no handle on the worker's end, so the
+    /// worker sees end of file on fd 3 as soon as the primary is gone (and exits), and the
+    /// primary sees it as soon as the worker disconnects.
+    fn spawn_node(&self, command: &NodeCommand, id: WorkerId) -> io::Result<(Child, Link)> {
+        let (mine, theirs) = node::Stream::pair()?;
+        let mut cmd = Command::new(&command.program);
+        cmd.args(&command.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .env(node::env::UNIQUE_ID, id.to_string())
+            .env(node::env::CHANNEL_FD, node::env::FD.to_string())
+            .env(node::env::SERIALIZATION, "json")
+            .stdin(Stdio::null());
+        crate::sys::install_fd_in_child(&mut cmd, theirs.as_raw_fd(), node::env::FD);
+        let child = cmd.spawn().map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot run {}: {e}", command.program.to_string_lossy()),
+            )
+        })?;
+        drop(theirs);
+        Ok((child, Link::Node(NodeLink::new(mine))))
     }
 }

@@ -10,7 +10,7 @@ use mio::Interest;
 use super::workers::{backoff, describe, Proc, ProcKey, SlotIndex, State};
 use super::Primary;
 use crate::event::Event;
-use crate::ipc::{ToWorker, WorkerLink};
+use crate::ipc::ToWorker;
 
 /// Consecutive quick deaths after which a slot is reported as crash-looping.
 const CRASH_LOOP: u32 = 5;
@@ -23,7 +23,7 @@ impl Primary {
         let slot = self.workers.slot_mut(i);
         slot.respawn_at = None;
         let id = slot.id;
-        let (child, channel, worker_end) = match self.config.spawner.spawn(id) {
+        let (child, link) = match self.config.spawner.spawn(id) {
             Ok(x) => x,
             Err(e) => {
                 let has_live = slot.current.is_some();
@@ -38,11 +38,7 @@ impl Primary {
                 return None;
             }
         };
-        let key = self.workers.insert(Proc::new(
-            child,
-            WorkerLink::new(channel, Some(worker_end)),
-            i,
-        ));
+        let key = self.workers.insert(Proc::new(child, link, i));
         let registry = self.poll.registry();
         let p = self.workers.get_mut(key)?;
         let pid = p.pid;

@@ -8,7 +8,7 @@ use mio::Token;
 use slab::Slab;
 
 use crate::event::WorkerId;
-use crate::ipc::{WorkerLink, WorkerStats};
+use crate::ipc::{Link, WorkerStats};
 use crate::policy::Load;
 
 /// Tokens below this are the listener and the signals.
@@ -53,7 +53,7 @@ pub struct Proc {
     /// Its pid.
     pub pid: u32,
     /// The primary's end of its channel, with the connections it has not acked.
-    pub link: WorkerLink,
+    pub link: Link,
     /// Lifecycle state.
     pub state: State,
     /// Connections handed over and not reported closed.
@@ -86,7 +86,7 @@ pub struct Proc {
 
 impl Proc {
     /// Wraps a freshly spawned child.
-    pub fn new(child: Child, link: WorkerLink, slot: SlotIndex) -> Proc {
+    pub fn new(child: Child, link: Link, slot: SlotIndex) -> Proc {
         Proc {
             pid: child.id(),
             child,

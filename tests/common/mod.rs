@@ -7,6 +7,7 @@
 mod example;
 mod http;
 mod load;
+mod node;
 mod server;
 
 // Each test file (`mod common; use common::*;`) uses some of these, none uses all of them.
@@ -16,6 +17,7 @@ pub use {
     herd::procfs::{alive, children, fd_count},
     http::*,
     load::*,
+    node::*,
     server::*,
 };
 

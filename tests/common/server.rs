@@ -118,6 +118,19 @@ impl Launch {
             .env("RUST_LOG", "info")
     }
 
+    /// `herd run` on 127.0.0.1 with an ephemeral port, `args`, then `-- command`: Node
+    /// workers, whose stdout and stderr go to the log too.
+    pub fn herd_run(args: &[&str], command: &[&str]) -> Launch {
+        let run = ["run", "--host", "127.0.0.1", "--port", "0"];
+        let mut launch = Launch::new("herd run", herd_bin().into(), &run)
+            .args(args)
+            .args(&["--"])
+            .args(command)
+            .env("RUST_LOG", "info");
+        launch.stdout = Stdout::Log;
+        launch
+    }
+
     /// Example `name` with `args`, its stdout and stderr both in the log. One that serves must
     /// take the port as an argument: pass "0".
     pub fn example(name: &str, args: &[&str]) -> Launch {

@@ -1,0 +1,182 @@
+//! The primary's link to one worker, whichever protocol the worker speaks: herd's own
+//! ([`WorkerLink`]) or Node's cluster protocol ([`NodeLink`], for `herd run`). Supervision,
+//! policies, reload, shutdown and statistics use this and do not care which.
+
+use std::os::fd::OwnedFd;
+
+use mio::event::Source;
+use mio::{Interest, Registry, Token};
+
+use super::node::{codec::DecodeError, FromNode, NodeLink};
+use super::{ConnId, IpcError, ToPrimary, ToWorker, WorkerLink};
+
+/// A message read from a worker.
+#[derive(Debug)]
+pub enum Inbound {
+    /// From a herd worker.
+    Herd(ToPrimary),
+    /// From a Node worker (or a line it sent that is not JSON).
+    Node(Box<Result<FromNode, DecodeError>>),
+}
+
+/// The primary's end of a worker's channel.
+#[derive(Debug)]
+pub enum Link {
+    /// A herd worker.
+    Herd(WorkerLink),
+    /// A Node worker.
+    Node(NodeLink),
+}
+
+impl Link {
+    /// The Node link, if the worker speaks Node's protocol.
+    pub fn node_mut(&mut self) -> Option<&mut NodeLink> {
+        match self {
+            Link::Node(n) => Some(n),
+            Link::Herd(_) => None,
+        }
+    }
+
+    /// True for a Node worker.
+    pub fn is_node(&self) -> bool {
+        matches!(self, Link::Node(_))
+    }
+
+    /// Queues a connection for the worker.
+    pub fn hand(&mut self, id: ConnId, socket: OwnedFd) {
+        match self {
+            Link::Herd(l) => l.hand(id, socket),
+            Link::Node(l) => l.hand(id, socket),
+        }
+    }
+
+    /// Queues a message: a user message, a disconnect or a statistics request (which a Node
+    /// worker cannot answer: it is not sent).
+    pub fn send(&mut self, msg: ToWorker) {
+        match (self, msg) {
+            (Link::Herd(l), msg) => l.send(msg),
+            (Link::Node(l), ToWorker::Message(payload)) => l.send_user(&payload),
+            (Link::Node(l), ToWorker::Disconnect) => l.disconnect(),
+            (Link::Node(_), _) => {}
+        }
+    }
+
+    /// Queues a listening socket (herd workers; Node workers ask with `queryServer`).
+    pub fn listen(&mut self, listener: OwnedFd) {
+        if let Link::Herd(l) = self {
+            l.listen(listener);
+        }
+    }
+
+    /// Connections handed over and not yet acked.
+    pub fn unacked(&self) -> usize {
+        match self {
+            Link::Herd(l) => l.unacked(),
+            Link::Node(l) => l.unacked(),
+        }
+    }
+
+    /// True when nothing waits to be sent.
+    pub fn is_idle(&self) -> bool {
+        match self {
+            Link::Herd(l) => l.is_idle(),
+            Link::Node(l) => l.is_idle(),
+        }
+    }
+
+    /// Sends what the socket takes. `Err`: the worker's end is gone.
+    pub fn flush(&mut self, registry: &Registry) -> Result<(), IpcError> {
+        match self {
+            Link::Herd(l) => l.flush(registry),
+            Link::Node(l) => l.flush(registry),
+        }
+    }
+
+    /// Receives one message.
+    pub fn recv(&mut self) -> Result<Option<Inbound>, IpcError> {
+        match self {
+            Link::Herd(l) => Ok(l.recv()?.map(|d| Inbound::Herd(d.msg))),
+            Link::Node(l) => Ok(l.recv()?.map(|m| Inbound::Node(Box::new(m)))),
+        }
+    }
+
+    /// The worker took these (herd's batched acks).
+    pub fn ack(&mut self, ids: &[ConnId]) -> usize {
+        match self {
+            Link::Herd(l) => l.ack(ids),
+            Link::Node(_) => 0,
+        }
+    }
+
+    /// The worker refused these (herd workers out of descriptors).
+    pub fn refused(&mut self, ids: &[ConnId]) -> Vec<(ConnId, OwnedFd)> {
+        match self {
+            Link::Herd(l) => l.refused(ids),
+            Link::Node(_) => Vec::new(),
+        }
+    }
+
+    /// Takes back the connections not yet sent.
+    pub fn unsend(&mut self) -> Vec<(ConnId, OwnedFd)> {
+        match self {
+            Link::Herd(l) => l.unsend(),
+            Link::Node(l) => l.unsend(),
+        }
+    }
+
+    /// Takes back every connection the worker has not acked.
+    pub fn reclaim(&mut self) -> Vec<(ConnId, OwnedFd)> {
+        match self {
+            Link::Herd(l) => l.reclaim(),
+            Link::Node(l) => l.reclaim(),
+        }
+    }
+
+    /// Reads back what a frozen worker never read (herd workers; a Node worker's stream
+    /// cannot be read back in pieces, so its connections wait for its ack or its death).
+    pub fn read_back(&mut self) -> Vec<(ConnId, OwnedFd)> {
+        match self {
+            Link::Herd(l) => l.read_back(),
+            Link::Node(_) => Vec::new(),
+        }
+    }
+
+    /// User messages (and payload bytes) waiting to be sent.
+    pub fn ordered_load(&self) -> (usize, usize) {
+        match self {
+            Link::Herd(l) => l.ordered_load(),
+            Link::Node(l) => l.ordered_load(),
+        }
+    }
+
+    /// Bytes sent that the worker has not read yet.
+    pub fn unread(&self) -> usize {
+        match self {
+            Link::Herd(l) => l.unread(),
+            Link::Node(l) => l.unread(),
+        }
+    }
+}
+
+impl Source for Link {
+    fn register(&mut self, r: &Registry, t: Token, i: Interest) -> std::io::Result<()> {
+        match self {
+            Link::Herd(l) => l.register(r, t, i),
+            Link::Node(l) => l.register(r, t, i),
+        }
+    }
+
+    fn reregister(&mut self, r: &Registry, t: Token, i: Interest) -> std::io::Result<()> {
+        match self {
+            Link::Herd(l) => l.reregister(r, t, i),
+            Link::Node(l) => l.reregister(r, t, i),
+        }
+    }
+
+    fn deregister(&mut self, r: &Registry) -> std::io::Result<()> {
+        match self {
+            Link::Herd(l) => l.deregister(r),
+            Link::Node(l) => l.deregister(r),
+        }
+    }
+}

@@ -1,0 +1,379 @@
+//! The primary's end of a Node worker's channel: an ordered queue of lines, at most one
+//! handle in flight (the next line waits for `NODE_HANDLE_ACK`, as Node's own sender does),
+//! and each handed connection kept until the worker's `{ack, accepted}`: a worker that dies
+//! or refuses first loses nothing.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+
+use mio::event::Source;
+use mio::unix::SourceFd;
+use mio::{Interest, Registry, Token};
+
+use super::codec::{self, DecodeError, FromNode, LineReader};
+use super::stream::Stream;
+use crate::ipc::{ConnId, IpcError};
+
+/// One line waiting to be written.
+#[derive(Debug)]
+struct Out {
+    bytes: Vec<u8>,
+    /// The descriptor that rides on it (a connection or a listening socket).
+    fd: Option<OwnedFd>,
+    /// For a `newconn`: its sequence number and the connection's id.
+    conn: Option<(u64, ConnId)>,
+    /// A user message: its payload bytes (counted against the queue's bound).
+    user: Option<usize>,
+}
+
+/// What the worker answered to a `newconn`.
+#[derive(Debug)]
+pub enum ConnReply {
+    /// Taken: the primary's copy is closed.
+    Taken,
+    /// Refused (the worker's server is closing or full): the connection comes back.
+    Refused(ConnId, OwnedFd),
+    /// Not an answer to a connection.
+    Other,
+}
+
+/// The primary's end of a Node worker's channel.
+#[derive(Debug)]
+pub struct NodeLink {
+    stream: Stream,
+    reader: LineReader,
+    inbox: VecDeque<Result<FromNode, DecodeError>>,
+    out: VecDeque<Out>,
+    /// Bytes of `out.front()` already written (its descriptor went with the first).
+    partial: usize,
+    /// A handle line was written and its `NODE_HANDLE_ACK` has not come.
+    handle_in_flight: bool,
+    /// The primary's sequence numbers for the messages it sends.
+    seq: u64,
+    /// Connections sent and not yet answered: the primary's copies, by `newconn` seq.
+    awaiting: HashMap<u64, (ConnId, OwnedFd)>,
+    queued_conns: usize,
+    /// User messages (and their bytes) waiting to be written.
+    user_load: (usize, usize),
+    /// The server key `newconn`s name (the round-robin server this worker listens on).
+    conn_key: Option<String>,
+    registered: Option<(Token, bool)>,
+}
+
+impl NodeLink {
+    /// Wraps the primary's end of a fresh channel.
+    pub fn new(stream: Stream) -> NodeLink {
+        NodeLink {
+            stream,
+            reader: LineReader::default(),
+            inbox: VecDeque::new(),
+            out: VecDeque::new(),
+            partial: 0,
+            handle_in_flight: false,
+            seq: 0,
+            awaiting: HashMap::new(),
+            queued_conns: 0,
+            user_load: (0, 0),
+            conn_key: None,
+            registered: None,
+        }
+    }
+
+    fn next_seq(&mut self) -> u64 {
+        let s = self.seq;
+        self.seq += 1;
+        s
+    }
+
+    fn push(&mut self, bytes: Vec<u8>, fd: Option<OwnedFd>, conn: Option<(u64, ConnId)>) {
+        self.out.push_back(Out {
+            bytes,
+            fd,
+            conn,
+            user: None,
+        });
+    }
+
+    /// The server key connections are handed under (set by the round-robin reply).
+    pub fn set_conn_key(&mut self, key: &str) {
+        self.conn_key = Some(key.to_string());
+    }
+
+    /// Queues a connection as a `newconn` for the worker's round-robin server.
+    pub fn hand(&mut self, id: ConnId, socket: OwnedFd) {
+        let seq = self.next_seq();
+        let key = self.conn_key.clone().unwrap_or_default();
+        self.queued_conns += 1;
+        self.push(codec::newconn(&key, seq), Some(socket), Some((seq, id)));
+    }
+
+    /// Queues a round-robin answer to the worker's `queryServer` `ack`.
+    pub fn answer_rr(
+        &mut self,
+        ack: u64,
+        key: &str,
+        data: &serde_json::Value,
+        addr: std::net::SocketAddr,
+    ) {
+        self.set_conn_key(key);
+        let seq = self.next_seq();
+        self.push(
+            codec::rr_reply(ack, key, data, codec::sockname(addr), seq),
+            None,
+            None,
+        );
+    }
+
+    /// Queues a shared-handle answer: `listener` travels with it.
+    pub fn answer_shared(
+        &mut self,
+        ack: u64,
+        key: &str,
+        data: &serde_json::Value,
+        listener: OwnedFd,
+    ) {
+        let seq = self.next_seq();
+        self.push(
+            codec::shared_reply(ack, key, data, seq),
+            Some(listener),
+            None,
+        );
+    }
+
+    /// Queues an error answer (`errno`: a negative libuv errno).
+    pub fn answer_error(&mut self, ack: u64, key: &str, errno: i32) {
+        let seq = self.next_seq();
+        self.push(codec::error_reply(ack, key, errno, seq), None, None);
+    }
+
+    /// Queues a bare acknowledgement of the worker's message `ack`.
+    pub fn ack(&mut self, ack: u64) {
+        let seq = self.next_seq();
+        self.push(codec::ack(ack, seq), None, None);
+    }
+
+    /// Queues `act: disconnect`.
+    pub fn disconnect(&mut self) {
+        let seq = self.next_seq();
+        self.push(codec::disconnect(seq), None, None);
+    }
+
+    /// Queues a user message: JSON text as it is (compacted), anything else as a JSON string.
+    pub fn send_user(&mut self, payload: &[u8]) {
+        let bytes = codec::user(payload).unwrap_or_else(|| {
+            let text = String::from_utf8_lossy(payload);
+            codec::user(
+                serde_json::Value::from(text.as_ref())
+                    .to_string()
+                    .as_bytes(),
+            )
+            .unwrap_or_default()
+        });
+        self.user_load.0 += 1;
+        self.user_load.1 += payload.len();
+        self.out.push_back(Out {
+            bytes,
+            fd: None,
+            conn: None,
+            user: Some(payload.len()),
+        });
+    }
+
+    /// Connections handed over (queued or sent) and not yet answered.
+    pub fn unacked(&self) -> usize {
+        self.awaiting.len() + self.queued_conns
+    }
+
+    /// True when nothing waits to be written.
+    pub fn is_idle(&self) -> bool {
+        self.out.is_empty()
+    }
+
+    /// User messages (and payload bytes) waiting.
+    pub fn ordered_load(&self) -> (usize, usize) {
+        self.user_load
+    }
+
+    /// Bytes written that the worker has not read.
+    pub fn unread(&self) -> usize {
+        self.stream.unread_by_peer()
+    }
+
+    /// Writes what the socket takes, one handle at a time. `Err`: the worker's end is gone.
+    pub fn flush(&mut self, registry: &Registry) -> Result<(), IpcError> {
+        while !self.handle_in_flight {
+            let Some(front) = self.out.front() else { break };
+            let fd = (self.partial == 0)
+                .then(|| front.fd.as_ref().map(|f| f.as_fd()))
+                .flatten();
+            match self.stream.send(&front.bytes[self.partial..], fd) {
+                Ok(n) => self.partial += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(IpcError::Io(e)),
+            }
+            if self.partial < front.bytes.len() {
+                continue;
+            }
+            self.partial = 0;
+            if let Some(done) = self.out.pop_front() {
+                self.sent(done);
+            }
+        }
+        let want = !self.out.is_empty() && !self.handle_in_flight;
+        self.set_writable(registry, want).map_err(IpcError::Io)
+    }
+
+    fn sent(&mut self, done: Out) {
+        if let Some(n) = done.user {
+            self.user_load.0 -= 1;
+            self.user_load.1 -= n;
+        }
+        if done.fd.is_some() {
+            self.handle_in_flight = true;
+        }
+        if let (Some((seq, id)), Some(fd)) = (done.conn, done.fd) {
+            self.queued_conns -= 1;
+            self.awaiting.insert(seq, (id, fd));
+        }
+    }
+
+    /// The worker has the handle sent last (`NODE_HANDLE_ACK`): the next line may go.
+    pub fn handle_acked(&mut self) {
+        self.handle_in_flight = false;
+    }
+
+    /// The handle sent last did not arrive (`NODE_HANDLE_NACK`). A connection it carried
+    /// comes back (the worker never had it); the next line may go.
+    pub fn handle_nacked(&mut self) -> Vec<(ConnId, OwnedFd)> {
+        self.handle_in_flight = false;
+        let last = self.awaiting.keys().max().copied();
+        last.and_then(|s| self.awaiting.remove(&s))
+            .into_iter()
+            .collect()
+    }
+
+    /// The worker answered `newconn` `ack`.
+    pub fn conn_reply(&mut self, ack: u64, accepted: bool) -> ConnReply {
+        match self.awaiting.remove(&ack) {
+            Some(_) if accepted => ConnReply::Taken,
+            Some((id, fd)) => ConnReply::Refused(id, fd),
+            None => ConnReply::Other,
+        }
+    }
+
+    /// Reads what the worker sent and returns the next message, if any. [`IpcError::Closed`]
+    /// once the worker closed its end and everything before was returned.
+    pub fn recv(&mut self) -> Result<Option<Result<FromNode, DecodeError>>, IpcError> {
+        if let Some(m) = self.inbox.pop_front() {
+            return Ok(Some(m));
+        }
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            match self.stream.recv(&mut buf) {
+                Ok(0) => {
+                    self.decode_lines();
+                    return match self.inbox.pop_front() {
+                        Some(m) => Ok(Some(m)),
+                        None => Err(IpcError::Closed),
+                    };
+                }
+                Ok(n) => {
+                    self.reader.push(&buf[..n]);
+                    self.decode_lines();
+                    if !self.inbox.is_empty() {
+                        return Ok(self.inbox.pop_front());
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e) => return Err(IpcError::Io(e)),
+            }
+        }
+    }
+
+    fn decode_lines(&mut self) {
+        while let Some(line) = self.reader.next_line() {
+            match line {
+                Ok(l) if l.is_empty() => {}
+                Ok(l) => self.inbox.push_back(codec::decode(&l)),
+                Err(n) => self
+                    .inbox
+                    .push_back(Err(DecodeError::Json(format!("a line of {n} bytes")))),
+            }
+        }
+    }
+
+    /// Takes back the connections not yet written (oldest first); other lines stay.
+    pub fn unsend(&mut self) -> Vec<(ConnId, OwnedFd)> {
+        let mut back = Vec::new();
+        let keep_front = self.partial > 0;
+        let mut kept = VecDeque::with_capacity(self.out.len());
+        for (i, o) in std::mem::take(&mut self.out).into_iter().enumerate() {
+            match (o.conn, o.fd) {
+                (Some((_, id)), Some(fd)) if !(i == 0 && keep_front) => {
+                    self.queued_conns -= 1;
+                    back.push((id, fd));
+                }
+                (conn, fd) => kept.push_back(Out { conn, fd, ..o }),
+            }
+        }
+        self.out = kept;
+        back
+    }
+
+    /// Takes back every connection the worker has not taken (it died or its channel closed),
+    /// in id order.
+    pub fn reclaim(&mut self) -> Vec<(ConnId, OwnedFd)> {
+        let mut back = self.unsend();
+        back.extend(self.awaiting.drain().map(|(_, c)| c));
+        for o in self.out.drain(..) {
+            if let (Some((_, id)), Some(fd)) = (o.conn, o.fd) {
+                back.push((id, fd));
+            }
+        }
+        self.queued_conns = 0;
+        back.sort_by_key(|(id, _)| *id);
+        back
+    }
+
+    fn set_writable(&mut self, registry: &Registry, want: bool) -> io::Result<()> {
+        match self.registered {
+            Some((token, on)) if on != want => {
+                let fd = self.stream.raw_fd();
+                registry.reregister(&mut SourceFd(&fd), token, interest(want))?;
+                self.registered = Some((token, want));
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+fn interest(writable: bool) -> Interest {
+    if writable {
+        Interest::READABLE | Interest::WRITABLE
+    } else {
+        Interest::READABLE
+    }
+}
+
+impl Source for NodeLink {
+    fn register(&mut self, registry: &Registry, token: Token, _: Interest) -> io::Result<()> {
+        let want = !self.out.is_empty();
+        SourceFd(&self.stream.raw_fd()).register(registry, token, interest(want))?;
+        self.registered = Some((token, want));
+        Ok(())
+    }
+
+    fn reregister(&mut self, registry: &Registry, token: Token, _: Interest) -> io::Result<()> {
+        let want = !self.out.is_empty();
+        SourceFd(&self.stream.raw_fd()).reregister(registry, token, interest(want))?;
+        self.registered = Some((token, want));
+        Ok(())
+    }
+
+    fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
+        self.registered = None;
+        SourceFd(&self.stream.raw_fd()).deregister(registry)
+    }
+}
