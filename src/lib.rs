@@ -72,6 +72,10 @@ pub const DEFAULT_MAX_PENDING: usize = 4096;
 /// Default time a worker may leave its channel unread before it is marked unresponsive.
 pub const DEFAULT_WORKER_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Default time a worker may take to come online (a Node worker: to listen) before it is
+/// reported.
+pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// `now + d`, or a time centuries away when that cannot be represented: a timeout too large
 /// for the clock means no timeout, never a panic.
 pub(crate) fn deadline_after(d: Duration) -> std::time::Instant {
@@ -131,6 +135,7 @@ pub struct Cluster {
     metrics: Option<SocketAddr>,
     max_requests: (u64, u64),
     node: Option<primary::NodeCommand>,
+    start_timeout: Duration,
 }
 
 impl Default for Cluster {
@@ -161,6 +166,7 @@ impl Cluster {
             metrics: None,
             max_requests: (0, 0),
             node: None,
+            start_timeout: DEFAULT_START_TIMEOUT,
         }
     }
 
@@ -316,6 +322,13 @@ impl Cluster {
         self
     }
 
+    /// A worker that has not come online (a Node worker: not sent `listening`) this long after
+    /// it started is reported at error level, once. Default 30 s.
+    pub fn start_timeout(mut self, d: Duration) -> Self {
+        self.start_timeout = d;
+        self
+    }
+
     /// Calls `hook` in the primary for every lifecycle event; it can send messages to workers,
     /// disconnect or kill them, or stop the cluster through [`Control`].
     ///
@@ -420,6 +433,7 @@ impl Cluster {
             handoff_window: self.handoff_window,
             max_pending: self.max_pending.max(1),
             worker_timeout: self.worker_timeout.max(Duration::from_millis(1)),
+            start_timeout: self.start_timeout,
             defer_accept: self.defer_accept,
             drain_delay: self.drain_delay,
             spawner,

@@ -39,6 +39,9 @@ enum Command {
 struct RunArgs {
     #[command(flatten)]
     serve: ServeArgs,
+    /// A worker that has not listened this long after it started is reported
+    #[arg(long, default_value = "30s", value_parser = positive_duration)]
+    start_timeout: Duration,
     /// The worker command (after `--`), e.g. node app.js
     #[arg(last = true, required = true, value_name = "COMMAND")]
     command: Vec<std::ffi::OsString>,
@@ -58,7 +61,9 @@ fn run_node(mut a: RunArgs) -> Result<(), String> {
     if a.serve.proxy_protocol {
         return Err("--proxy-protocol does not apply to herd run: Node workers read their sockets themselves".into());
     }
-    let cluster = cluster(&a.serve)?.defer_accept(None);
+    let cluster = cluster(&a.serve)?
+        .defer_accept(None)
+        .start_timeout(a.start_timeout);
     run::run(cluster, &a.command)
 }
 

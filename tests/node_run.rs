@@ -47,3 +47,54 @@ fn the_listening_line_waits_for_every_worker_to_listen() {
     assert_eq!(r.status, 200);
     assert!(r.text().starts_with("Hello World! "), "{}", r.text());
 }
+
+#[test]
+fn several_servers_per_worker_each_answered_as_node_would() {
+    let extra = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let extra_port = extra.local_addr().unwrap().port();
+    drop(extra); // herd binds it when the workers ask
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy_port = busy.local_addr().unwrap().port().to_string();
+    let dir = std::env::temp_dir().join(format!("herd-node-pipe-{}", std::process::id()));
+    let s = Launch::herd_run(&["--workers", "2"], &["node", &node_fixture("servers.js")])
+        .env("EXTRA_PORT", &extra_port.to_string())
+        .env("BUSY_PORT", &busy_port)
+        .env("PIPE", &dir.to_string_lossy())
+        .env("RUST_LOG", "debug")
+        .start();
+    for w in [1, 2] {
+        s.wait_log(
+            &format!(r#"{{"worker":{w},"busy":"EADDRINUSE"}}"#),
+            DEADLINE,
+        );
+        s.wait_log(
+            &format!(r#"{{"worker":{w},"extra":{extra_port}}}"#),
+            DEADLINE,
+        );
+        s.wait_log(&format!(r#"{{"worker":{w},"pipe":"ENOTSUP"}}"#), DEADLINE);
+        s.wait_log(&format!(r#"{{"worker":{w},"zero":"#), DEADLINE);
+    }
+    assert_eq!(
+        s.count_log("cannot bind"),
+        1,
+        "logged once: {}",
+        s.log_text()
+    );
+    assert_eq!(s.count_log("pipes and UDP are not served"), 1);
+    // Both workers share the port-0 server: one port, reported by both.
+    let zero: Vec<String> = s.log_lines(r#""zero":"#);
+    let port_of = |l: &str| {
+        l.rsplit(':')
+            .next()
+            .unwrap()
+            .trim_end_matches('}')
+            .to_string()
+    };
+    assert_eq!(port_of(&zero[0]), port_of(&zero[1]), "{zero:?}");
+    let extra_addr = std::net::SocketAddr::from(([127, 0, 0, 1], extra_port));
+    let r = get(extra_addr, "/").expect("the extra server answers");
+    assert!(r.text().starts_with("extra "), "{}", r.text());
+    let r = get(s.addr(), "/").expect("the main server answers");
+    assert!(r.text().starts_with("main "), "{}", r.text());
+    drop(busy);
+}

@@ -163,3 +163,14 @@ fn lines_that_are_not_json_are_logged_and_ignored() {
     let r = load(s.addr(), 4, 10, false);
     assert_eq!((r.ok, r.failed), (40, 0), "{:?}", r.errors);
 }
+
+#[test]
+fn a_worker_that_never_listens_is_reported_after_the_start_timeout() {
+    let quiet = node_fixture("quiet.js");
+    let s = Launch::herd_run(
+        &["--workers", "1", "--start-timeout", "300ms"],
+        &["node", &quiet],
+    )
+    .spawn();
+    s.wait_log("has not listened on a server within 300ms", DEADLINE);
+}

@@ -83,6 +83,8 @@ pub struct Config {
     pub control: crate::admin::ControlSocket,
     /// Where to serve Prometheus metrics (`GET /metrics`), if anywhere.
     pub metrics: Option<SocketAddr>,
+    /// A worker not online this long after it started is reported (once).
+    pub start_timeout: Duration,
 }
 
 /// Why the primary could not run.
@@ -308,6 +310,7 @@ impl Primary {
             .chain(self.phase.leave_at)
             .chain(reload)
             .chain(self.admin_timer())
+            .chain(self.next_start_check())
             .chain(self.acceptor.retry_at())
             .min()
     }
@@ -327,6 +330,7 @@ impl Primary {
         }
         self.step_reload(now);
         self.leave_due(now);
+        self.report_slow_starts(now);
         self.watch(now);
         if self.phase.stats_wanted.is_some_and(|t| t <= now) {
             self.print_report();

@@ -174,7 +174,8 @@ impl Primary {
             if p.channel_closed || p.stats_pending || p.watch.unresponsive() {
                 continue;
             }
-            p.stats_pending = true;
+            // A Node worker has no counters to send: nothing is owed.
+            p.stats_pending = !p.link.is_node();
             p.link.send(ToWorker::StatsRequest);
             self.flush(key);
         }

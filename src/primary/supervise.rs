@@ -125,6 +125,35 @@ impl Primary {
         self.report_if_complete();
     }
 
+    /// When the next worker still starting reaches the start timeout.
+    pub(super) fn next_start_check(&self) -> Option<Instant> {
+        self.workers
+            .procs()
+            .filter(|(_, p)| p.state == State::Starting && !p.slow_start_reported)
+            .filter_map(|(_, p)| p.started.checked_add(self.config.start_timeout))
+            .min()
+    }
+
+    /// Reports (once each) the workers that have not come online within the start timeout:
+    /// a Node app that never listens, a worker stuck in its set-up.
+    pub(super) fn report_slow_starts(&mut self, now: Instant) {
+        let timeout = self.config.start_timeout;
+        for (_, p) in self.workers.procs_mut() {
+            if p.state == State::Starting
+                && !p.slow_start_reported
+                && p.started.checked_add(timeout).is_some_and(|t| now >= t)
+            {
+                p.slow_start_reported = true;
+                let what = if p.link.is_node() {
+                    "has not listened on a server"
+                } else {
+                    "has not come online"
+                };
+                log::error!("worker {} {what} within {timeout:?} of starting", p.pid);
+            }
+        }
+    }
+
     /// Starts the replacements that are due.
     pub(super) fn respawn_due(&mut self, now: Instant) {
         if self.stopping() {

@@ -82,6 +82,8 @@ pub struct Proc {
     pub stats_at: Option<Instant>,
     /// CPU and memory, as last sampled.
     pub usage: super::operate::Usage,
+    /// It was reported for not coming online within the start timeout.
+    pub slow_start_reported: bool,
 }
 
 impl Proc {
@@ -105,6 +107,7 @@ impl Proc {
             stats_pending: false,
             stats_at: None,
             usage: Default::default(),
+            slow_start_reported: false,
         }
     }
 
