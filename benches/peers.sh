@@ -12,6 +12,13 @@
 #   nginx-rp   the same with `listen ... reuseport`
 # herd itself runs as round-robin and reuseport clusters with 2 workers (`herd bench`).
 #
+# Node pairs (issue 12; the same Node workers under two primaries, side by side in each round):
+#   express    the seed's Express workers (../shared/peers/node-cluster), 2 workers
+#   node-http  tests/fixtures/node/hello.js (plain node:http), 2 workers
+# each under Node's own primary (round-robin) and under `herd run` (round-robin), keepalive and
+# close, herd's generator, with each primary's CPU per new connection (its CPU time during the
+# close run over the connections served). NODE_PAIRS=0 skips them; NODE_PAIRS=only runs them alone.
+#
 # Environment: DURATION (5s), WARMUP (1s), CONNECTIONS (50), WORKLOADS ("keepalive close"),
 # ROUNDS (1; each round measures herd and then every peer, and a ratio is taken within a round),
 # GENERATOR (herd | wrk; wrk -t1 when installed), PEER_PORT (3100), PEERS_DIR (../shared/peers
@@ -182,11 +189,109 @@ else
 fi
 }
 
+# --- Node pairs: one app, Node's primary vs herd run ---
+NODE_PAIRS=${NODE_PAIRS:-1}
+pair_rows=()
+
+# cpu_ticks PID: user + system clock ticks of PID.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+
+# pair_run LABEL WORKLOAD: warm up, then measure; prints "rps cpu_us_per_conn" for the peer
+# now running (its primary is $peer_pid). CPU per connection is for the close workload only.
+pair_run() {
+  local label=$1 workload=$2 url="http://127.0.0.1:$PEER_PORT/" t0 t1 r
+  "$herd" bench --target "$url" --label "$label" --workload "$workload" --connections "$CONNECTIONS" \
+    --duration "$WARMUP" --warmup 0s >/dev/null 2>&1 || true
+  t0=$(cpu_ticks "$peer_pid")
+  "$herd" bench --target "$url" --label "$label" --workload "$workload" --connections "$CONNECTIONS" \
+    --duration "$DURATION" --warmup 0s --json "$work/$label-$workload.json" >&2
+  t1=$(cpu_ticks "$peer_pid")
+  r=$(json_rps "$work/$label-$workload.json" 1)
+  awk -v r="$r" -v d="${DURATION%s}" -v t=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" \
+    'BEGIN { n = r * d; printf "%s %.1f\n", r, (n > 0 ? t / hz * 1e6 / n : 0) }'
+}
+
+# wait_lines FILE PATTERN N: waits (at most 30 s) until N lines of FILE match PATTERN: every
+# worker listens before the load starts (the port alone opens before the workers are ready).
+wait_lines() {
+  for _ in $(seq 300); do
+    [ "$(grep -c -- "$2" "$1" 2>/dev/null || true)" -ge "$3" ] && return 0
+    sleep 0.1
+  done
+  note "timed out waiting for '$2' in $1"
+}
+
+measure_node_pairs() {
+  if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    note "node/npm not found: skipping the Node pairs"
+    return
+  fi
+  local app w node_out herd_out
+  for app in express node-http; do
+    local cmd=()
+    if [ "$app" = express ]; then
+      cmd=("$PEERS_DIR/node-cluster/run.sh")
+      [ -x "${cmd[0]}" ] || { note "$PEERS_DIR/node-cluster not found: skipping express"; continue; }
+    else
+      cmd=(node "$repo/tests/fixtures/node/hello.js")
+    fi
+    for w in $WORKLOADS; do
+      node_out="0 0"; herd_out="0 0"
+      if start_peer "node-$app" env PORT="$PEER_PORT" WORKERS=2 NODE_CLUSTER_SCHED_POLICY=rr "${cmd[@]}"; then
+        wait_lines "$work/node-$app.log" "started\|listening" 2
+        node_out=$(pair_run "node-$app" "$w")
+        stop_peer
+      fi
+      # run.sh installs Express and execs node: herd runs node on the installed copy directly.
+      local hcmd=("${cmd[@]}")
+      [ "$app" = express ] && hcmd=(node "${HERD_PEER_CACHE:-${TMPDIR:-/tmp}/herd-peer-node-cluster}/server.js")
+      if start_peer "herd-$app" "$herd" run --workers 2 --host 127.0.0.1 --port "$PEER_PORT" -- "${hcmd[@]}"; then
+        wait_lines "$work/herd-$app.log" "listening on http://" 1
+        herd_out=$(pair_run "herd-$app" "$w")
+        stop_peer
+      fi
+      pair_rows+=("$app $w $node_out $herd_out")
+    done
+  done
+}
+
 for round in $(seq "$ROUNDS"); do
   [ "$ROUNDS" -gt 1 ] && note "round $round of $ROUNDS"
-  measure_herd
-  measure_peers
+  if [ "$NODE_PAIRS" != only ]; then
+    measure_herd
+    measure_peers
+  fi
+  [ "$NODE_PAIRS" = 0 ] || measure_node_pairs
 done
+
+if [ ${#pair_rows[@]} -gt 0 ]; then
+  echo
+  echo "Node apps, Node's primary vs herd run (round-robin, 2 workers, $CONNECTIONS connections, $DURATION per run, median of $ROUNDS round(s))"
+  printf '%-10s %-10s %12s %12s %9s %16s %16s %9s  %s\n' app workload "node req/s" "herd req/s" herd/node \
+    "node us/conn" "herd us/conn" herd/node "req/s ratio by round; cpu ratio by round"
+  printf '%s\n' "${pair_rows[@]}" | awk '
+    function median(list,   a, n, i, j, t) {
+      n = split(list, a, " ")
+      for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j - 1] + 0 > a[j] + 0; j--) { t = a[j]; a[j] = a[j - 1]; a[j - 1] = t }
+      return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+    }
+    NF == 6 {
+      k = $1 " " $2
+      if (!(k in seen)) { seen[k] = 1; order[++m] = k }
+      nr[k] = nr[k] " " $3; nc[k] = nc[k] " " $4; hr[k] = hr[k] " " $5; hc[k] = hc[k] " " $6
+      q = ($3 > 0 ? $5 / $3 : 0); c = ($4 > 0 ? $6 / $4 : 0)
+      qr[k] = qr[k] " " q; cr[k] = cr[k] " " c
+      byq[k] = byq[k] sprintf(" %.2f", q); byc[k] = byc[k] sprintf(" %.2f", c)
+    }
+    END {
+      for (i = 1; i <= m; i++) {
+        k = order[i]; split(k, aw, " ")
+        cpu = (aw[2] == "close") ? sprintf("%16.1f %16.1f %8.2fx", median(nc[k]), median(hc[k]), median(cr[k])) : sprintf("%16s %16s %9s", "-", "-", "-")
+        printf "%-10s %-10s %12.0f %12.0f %8.2fx %s %s;%s\n", aw[1], aw[2], median(nr[k]), median(hr[k]), median(qr[k]), cpu, byq[k], (aw[2] == "close" ? byc[k] : " -")
+      }
+    }'
+fi
+[ "$NODE_PAIRS" = only ] && exit 0
 
 echo
 echo "herd vs peers: $CONNECTIONS connections, $DURATION per run after $WARMUP warm-up, generator: $GENERATOR, 2 workers each, median of $ROUNDS round(s)"

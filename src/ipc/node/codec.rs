@@ -156,8 +156,13 @@ pub enum DecodeError {
     Json(String),
 }
 
-/// Decodes one line (without its `\n`).
+/// Decodes one line (without its `\n`). The two lines of every handoff (`NODE_HANDLE_ACK`
+/// and the `{ack, accepted}` reply), in the exact shape Node writes them, skip the general
+/// JSON parser.
 pub fn decode(line: &[u8]) -> Result<FromNode, DecodeError> {
+    if let Some(fast) = decode_handoff(line) {
+        return Ok(fast);
+    }
     let v: Value = serde_json::from_slice(line).map_err(|e| DecodeError::Json(e.to_string()))?;
     let Some(obj) = v.as_object() else {
         return Ok(FromNode::User(v.to_string()));
@@ -198,6 +203,38 @@ pub fn decode(line: &[u8]) -> Result<FromNode, DecodeError> {
     })
 }
 
+/// `{"cmd":"NODE_HANDLE_ACK"}` or `{"cmd":"NODE_CLUSTER","ack":A,"accepted":B,"seq":S}`
+/// byte for byte; `None` for anything else (the general parser then decides).
+fn decode_handoff(line: &[u8]) -> Option<FromNode> {
+    if line == br#"{"cmd":"NODE_HANDLE_ACK"}"# {
+        return Some(FromNode::HandleAck);
+    }
+    let rest = line.strip_prefix(br#"{"cmd":"NODE_CLUSTER","ack":"#)?;
+    let (ack, rest) = digits(rest)?;
+    let (accepted, rest) = if let Some(r) = rest.strip_prefix(br#","accepted":true,"seq":"#) {
+        (true, r)
+    } else {
+        (false, rest.strip_prefix(br#","accepted":false,"seq":"#)?)
+    };
+    let (_, rest) = digits(rest)?;
+    (rest == b"}").then_some(FromNode::Reply {
+        ack,
+        accepted: Some(accepted),
+    })
+}
+
+/// A decimal number at the start of `b` (at most 15 digits) and what follows it.
+fn digits(b: &[u8]) -> Option<(u64, &[u8])> {
+    let n = b.iter().take_while(|c| c.is_ascii_digit()).count();
+    if n == 0 || n > 15 {
+        return None;
+    }
+    let v = b[..n]
+        .iter()
+        .fold(0u64, |v, c| v * 10 + u64::from(c - b'0'));
+    Some((v, &b[n..]))
+}
+
 /// One line for the wire: `value` as compact JSON and `\n`.
 fn line(value: Value) -> Vec<u8> {
     let mut out = value.to_string().into_bytes();
@@ -221,9 +258,18 @@ fn fields(v: Value) -> Map<String, Value> {
     }
 }
 
-/// `newconn` for server `key`, to travel with the connection's descriptor.
-pub fn newconn(key: &str, seq: u64) -> Vec<u8> {
-    handle(cluster(fields(json!({"act": "newconn", "key": key})), seq))
+/// `key` as a JSON string (quoted and escaped), for [`newconn`].
+pub fn json_key(key: &str) -> String {
+    Value::from(key).to_string()
+}
+
+/// `newconn` for the server whose key is `json_key` (see [`json_key`]), to travel with the
+/// connection's descriptor. Written directly: this is the line of every handoff.
+pub fn newconn(json_key: &str, seq: u64) -> Vec<u8> {
+    format!(
+        "{{\"cmd\":\"NODE_HANDLE\",\"type\":\"net.Native\",\"msg\":{{\"cmd\":\"NODE_CLUSTER\",\"act\":\"newconn\",\"key\":{json_key},\"seq\":{seq}}}}}\n"
+    )
+    .into_bytes()
 }
 
 /// A round-robin answer to `queryServer` `ack`: no descriptor; the worker takes connections

@@ -43,6 +43,8 @@ pub enum ConnReply {
 pub struct NodeLink {
     stream: Stream,
     reader: LineReader,
+    /// Scratch space for reads.
+    scratch: Vec<u8>,
     inbox: VecDeque<Result<FromNode, DecodeError>>,
     out: VecDeque<Out>,
     /// Bytes of `out.front()` already written (its descriptor went with the first).
@@ -56,7 +58,8 @@ pub struct NodeLink {
     queued_conns: usize,
     /// User messages (and their bytes) waiting to be written.
     user_load: (usize, usize),
-    /// The server key `newconn`s name (the round-robin server this worker listens on).
+    /// The server key `newconn`s name, as a JSON string (the round-robin server this worker
+    /// listens on).
     conn_key: Option<String>,
     registered: Option<(Token, bool)>,
 }
@@ -67,6 +70,7 @@ impl NodeLink {
         NodeLink {
             stream,
             reader: LineReader::default(),
+            scratch: vec![0; 16 * 1024],
             inbox: VecDeque::new(),
             out: VecDeque::new(),
             partial: 0,
@@ -97,15 +101,15 @@ impl NodeLink {
 
     /// The server key connections are handed under (set by the round-robin reply).
     pub fn set_conn_key(&mut self, key: &str) {
-        self.conn_key = Some(key.to_string());
+        self.conn_key = Some(codec::json_key(key));
     }
 
     /// Queues a connection as a `newconn` for the worker's round-robin server.
     pub fn hand(&mut self, id: ConnId, socket: OwnedFd) {
         let seq = self.next_seq();
-        let key = self.conn_key.clone().unwrap_or_default();
         self.queued_conns += 1;
-        self.push(codec::newconn(&key, seq), Some(socket), Some((seq, id)));
+        let line = codec::newconn(self.conn_key.as_deref().unwrap_or("\"\""), seq);
+        self.push(line, Some(socket), Some((seq, id)));
     }
 
     /// Queues a round-robin answer to the worker's `queryServer` `ack`.
@@ -268,9 +272,8 @@ impl NodeLink {
         if let Some(m) = self.inbox.pop_front() {
             return Ok(Some(m));
         }
-        let mut buf = [0u8; 16 * 1024];
         loop {
-            match self.stream.recv(&mut buf) {
+            match self.stream.recv(&mut self.scratch) {
                 Ok(0) => {
                     self.decode_lines();
                     return match self.inbox.pop_front() {
@@ -279,7 +282,7 @@ impl NodeLink {
                     };
                 }
                 Ok(n) => {
-                    self.reader.push(&buf[..n]);
+                    self.reader.push(&self.scratch[..n]);
                     self.decode_lines();
                     if !self.inbox.is_empty() {
                         return Ok(self.inbox.pop_front());

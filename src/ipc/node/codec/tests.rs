@@ -47,6 +47,37 @@ fn recorded_worker_lines_decode() {
 }
 
 #[test]
+fn the_handoff_fast_path_agrees_with_the_parser() {
+    for line in [
+        &br#"{"cmd":"NODE_CLUSTER","ack":7,"accepted":true,"seq":4}"#[..],
+        br#"{"cmd":"NODE_CLUSTER","ack":12,"accepted":false,"seq":0}"#,
+        br#"{"cmd":"NODE_HANDLE_ACK"}"#,
+    ] {
+        let fast = decode_handoff(line).expect("fast path");
+        let v: Value = serde_json::from_slice(line).unwrap();
+        let slow = match v.get("ack") {
+            Some(a) => FromNode::Reply {
+                ack: a.as_u64().unwrap(),
+                accepted: v["accepted"].as_bool(),
+            },
+            None => FromNode::HandleAck,
+        };
+        assert_eq!(fast, slow);
+    }
+    for other in [
+        &br#"{"cmd":"NODE_CLUSTER","ack":7,"accepted":true,"seq":4,"x":1}"#[..],
+        br#"{"cmd":"NODE_CLUSTER","ack":,"accepted":true,"seq":4}"#,
+        br#"{"cmd":"NODE_CLUSTER","ack":99999999999999999999,"accepted":true,"seq":4}"#,
+    ] {
+        assert_eq!(decode_handoff(other), None);
+    }
+    assert_eq!(
+        newconn(&json_key("a\"b"), 1),
+        handle(cluster(fields(json!({"act": "newconn", "key": "a\"b"})), 1))
+    );
+}
+
+#[test]
 fn garbage_and_strangers_are_errors_or_unknown_never_panics() {
     assert!(decode(b"{not json").is_err());
     assert!(decode(b"").is_err());
@@ -65,7 +96,7 @@ fn garbage_and_strangers_are_errors_or_unknown_never_panics() {
 fn primary_lines_match_what_node_sends() {
     // Node's primary, recorded: the handle envelope and the round-robin reply.
     assert_eq!(
-        newconn("k", 3),
+        newconn(&json_key("k"), 3),
         br#"{"cmd":"NODE_HANDLE","type":"net.Native","msg":{"cmd":"NODE_CLUSTER","act":"newconn","key":"k","seq":3}}
 "#
     );
