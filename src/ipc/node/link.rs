@@ -1,7 +1,16 @@
-//! The primary's end of a Node worker's channel: an ordered queue of lines, at most one
-//! handle in flight (the next line waits for `NODE_HANDLE_ACK`, as Node's own sender does),
-//! and each handed connection kept until the worker's `{ack, accepted}`: a worker that dies
-//! or refuses first loses nothing.
+//! The primary's end of a Node worker's channel: an ordered queue of lines, handles in flight
+//! counted until their `NODE_HANDLE_ACK`, and each handed connection kept until the worker's
+//! `{ack, accepted}`: a worker that dies or refuses first loses nothing.
+//!
+//! Several handles may be in flight at once, each whole in its own `sendmsg`. The kernel never
+//! joins a read across a descriptor (a Unix stream read stops after the segment that carries
+//! one), so each of the worker's reads holds at most one handle and the line it came with,
+//! which is how Node's receiver binds them ("SCM_RIGHTS messages don't get coalesced",
+//! `lib/internal/child_process.js`). The one case that would break it is a handle line
+//! written in pieces: its descriptor would ride on the first piece and the rest could be read
+//! together with the next handle's line. So after a partial write of a handle line nothing
+//! more is written until every handle in flight is acknowledged (Node's own sender always
+//! waits like this). ACKs and NACKs come back in the order the lines were sent.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -14,6 +23,9 @@ use mio::{Interest, Registry, Token};
 use super::codec::{self, DecodeError, FromNode, LineReader};
 use super::stream::Stream;
 use crate::ipc::{ConnId, IpcError};
+
+/// Most handle lines in flight on one channel (each waits for its `NODE_HANDLE_ACK`).
+pub const MAX_HANDLES_IN_FLIGHT: usize = 16;
 
 /// One line waiting to be written.
 #[derive(Debug)]
@@ -49,8 +61,11 @@ pub struct NodeLink {
     out: VecDeque<Out>,
     /// Bytes of `out.front()` already written (its descriptor went with the first).
     partial: usize,
-    /// A handle line was written and its `NODE_HANDLE_ACK` has not come.
-    handle_in_flight: bool,
+    /// Handle lines written whose `NODE_HANDLE_ACK` has not come, oldest first: the
+    /// connection's seq, or `None` for a listening socket.
+    handles: VecDeque<Option<u64>>,
+    /// A handle line was written in pieces: hold every line until `handles` is empty.
+    held: bool,
     /// The primary's sequence numbers for the messages it sends.
     seq: u64,
     /// Connections sent and not yet answered: the primary's copies, by `newconn` seq.
@@ -74,7 +89,8 @@ impl NodeLink {
             inbox: VecDeque::new(),
             out: VecDeque::new(),
             partial: 0,
-            handle_in_flight: false,
+            handles: VecDeque::new(),
+            held: false,
             seq: 0,
             awaiting: HashMap::new(),
             queued_conns: 0,
@@ -204,9 +220,20 @@ impl NodeLink {
         self.stream.unread_by_peer()
     }
 
-    /// Writes what the socket takes, one handle at a time. `Err`: the worker's end is gone.
+    /// True while nothing may be written: a handle line went in pieces and handles are still
+    /// in flight, or the most handles are in flight.
+    fn blocked(&self) -> bool {
+        let next_is_handle = self
+            .out
+            .front()
+            .is_some_and(|o| o.fd.is_some() && self.partial == 0);
+        (self.held && !self.handles.is_empty())
+            || (next_is_handle && self.handles.len() >= MAX_HANDLES_IN_FLIGHT)
+    }
+
+    /// Writes what the socket takes. `Err`: the worker's end is gone.
     pub fn flush(&mut self, registry: &Registry) -> Result<(), IpcError> {
-        while !self.handle_in_flight {
+        while !self.blocked() {
             let Some(front) = self.out.front() else { break };
             let fd = (self.partial == 0)
                 .then(|| front.fd.as_ref().map(|f| f.as_fd()))
@@ -217,6 +244,9 @@ impl NodeLink {
                 Err(e) => return Err(IpcError::Io(e)),
             }
             if self.partial < front.bytes.len() {
+                if front.fd.is_some() {
+                    self.held = true;
+                }
                 continue;
             }
             self.partial = 0;
@@ -224,7 +254,7 @@ impl NodeLink {
                 self.sent(done);
             }
         }
-        let want = !self.out.is_empty() && !self.handle_in_flight;
+        let want = !self.out.is_empty() && !self.blocked();
         self.set_writable(registry, want).map_err(IpcError::Io)
     }
 
@@ -234,7 +264,7 @@ impl NodeLink {
             self.user_load.1 -= n;
         }
         if done.fd.is_some() {
-            self.handle_in_flight = true;
+            self.handles.push_back(done.conn.map(|(seq, _)| seq));
         }
         if let (Some((seq, id)), Some(fd)) = (done.conn, done.fd) {
             self.queued_conns -= 1;
@@ -242,17 +272,23 @@ impl NodeLink {
         }
     }
 
-    /// The worker has the handle sent last (`NODE_HANDLE_ACK`): the next line may go.
+    /// The worker has the oldest handle in flight (`NODE_HANDLE_ACK`).
     pub fn handle_acked(&mut self) {
-        self.handle_in_flight = false;
+        self.handles.pop_front();
+        if self.handles.is_empty() {
+            self.held = false;
+        }
     }
 
-    /// The handle sent last did not arrive (`NODE_HANDLE_NACK`). A connection it carried
-    /// comes back (the worker never had it); the next line may go.
+    /// The oldest handle in flight did not arrive with its line (`NODE_HANDLE_NACK`). A
+    /// connection it carried comes back (the worker never had it).
     pub fn handle_nacked(&mut self) -> Vec<(ConnId, OwnedFd)> {
-        self.handle_in_flight = false;
-        let last = self.awaiting.keys().max().copied();
-        last.and_then(|s| self.awaiting.remove(&s))
+        let oldest = self.handles.pop_front().flatten();
+        if self.handles.is_empty() {
+            self.held = false;
+        }
+        oldest
+            .and_then(|s| self.awaiting.remove(&s))
             .into_iter()
             .collect()
     }
@@ -380,3 +416,6 @@ impl Source for NodeLink {
         SourceFd(&self.stream.raw_fd()).deregister(registry)
     }
 }
+
+#[cfg(test)]
+mod tests;
