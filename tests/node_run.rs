@@ -50,7 +50,9 @@ fn the_listening_line_waits_for_every_worker_to_listen() {
 
 #[test]
 fn several_servers_per_worker_each_answered_as_node_would() {
-    let extra = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    // On another loopback address: even if herd's own ephemeral port turns out the same, this
+    // is another server.
+    let extra = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
     let extra_port = extra.local_addr().unwrap().port();
     drop(extra); // herd binds it when the workers ask
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -91,10 +93,15 @@ fn several_servers_per_worker_each_answered_as_node_would() {
             .to_string()
     };
     assert_eq!(port_of(&zero[0]), port_of(&zero[1]), "{zero:?}");
-    let extra_addr = std::net::SocketAddr::from(([127, 0, 0, 1], extra_port));
+    let extra_addr = std::net::SocketAddr::from(([127, 0, 0, 2], extra_port));
     let r = get(extra_addr, "/").expect("the extra server answers");
     assert!(r.text().starts_with("extra "), "{}", r.text());
     let r = get(s.addr(), "/").expect("the main server answers");
-    assert!(r.text().starts_with("main "), "{}", r.text());
+    assert!(
+        r.text().starts_with("main "),
+        "{}\n{}",
+        r.text(),
+        s.log_text()
+    );
     drop(busy);
 }

@@ -264,10 +264,18 @@ impl Primary {
     }
 
     /// Adds the server a worker asked for: herd's own when it names herd's port (or port 0,
-    /// while herd's is unclaimed), else a socket bound for it. `Err`: a libuv errno.
+    /// while herd's is unclaimed) on herd's address (or no address, or an unspecified one),
+    /// else a socket bound for it. `Err`: a libuv errno.
     fn add_server(&mut self, key: String, q: &ServerQuery) -> Result<usize, i32> {
         let main_claimed = self.node.servers.iter().any(|s| s.own.is_none());
-        let herds = i64::from(self.local_addr.port()) == q.port || (q.port == 0 && !main_claimed);
+        let herd_ip = self.local_addr.ip();
+        let same_host = match q.address.as_deref().map(str::parse::<IpAddr>) {
+            None => true,
+            Some(Ok(ip)) => ip.is_unspecified() || herd_ip.is_unspecified() || ip == herd_ip,
+            Some(Err(_)) => false,
+        };
+        let herds = same_host
+            && (i64::from(self.local_addr.port()) == q.port || (q.port == 0 && !main_claimed));
         let (addr, own) = if herds {
             (self.local_addr, None)
         } else {
