@@ -234,16 +234,24 @@ impl Primary {
         if server.data.is_null() {
             server.data = q.data.clone();
         }
+        let gone = || Some(Err(std::io::Error::from_raw_os_error(nix::libc::ECANCELED)));
         let handed = match &server.own {
             Some(l) => Some(l.try_clone()),
+            // Shutting down: the listeners are closed.
+            None if self.phase.shutdown_deadline.is_some() => gone(),
             None => match self.config.policy.listener_plan() {
                 None => None,
-                Some(ListenerPlan::Shared) => {
-                    self.listeners_for_workers.first().map(|l| l.try_clone())
-                }
+                Some(ListenerPlan::Shared) => self
+                    .listeners_for_workers
+                    .first()
+                    .map(|l| l.try_clone())
+                    .or_else(gone),
                 Some(ListenerPlan::PerWorker) => {
                     let slot = self.workers.get(key).map_or(0, |p| p.slot.0);
-                    self.listeners_for_workers.get(slot).map(|l| l.try_clone())
+                    self.listeners_for_workers
+                        .get(slot)
+                        .map(|l| l.try_clone())
+                        .or_else(gone)
                 }
             },
         };
