@@ -96,7 +96,7 @@ struct ServeArgs {
     /// Port to listen on (0: an ephemeral port)
     #[arg(long, env = "PORT", default_value_t = 3000)]
     port: u16,
-    /// Scheduling policy: round-robin (rr), least-connections, shared (none), reuseport
+    /// Scheduling policy: round-robin (rr), least-connections, shared (none), reuseport, idle-first
     #[arg(long, env = "HERD_POLICY", default_value = "round-robin")]
     policy: Policy,
     /// Time workers get to finish in-flight requests on shutdown

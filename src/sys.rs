@@ -98,6 +98,34 @@ pub fn own_inherited_seqpacket(fd: RawFd) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Takes ownership of an inherited descriptor after checking that it is open and a regular file
+/// (a `memfd` a herd primary passes); it is made close-on-exec again.
+pub fn own_inherited_file(fd: RawFd) -> io::Result<OwnedFd> {
+    if fd < 0 {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "negative fd"));
+    }
+    let st = nix::sys::stat::fstat(fd)?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("fd {fd} is not a regular file"),
+        ));
+    }
+    nix::fcntl::fcntl(
+        fd,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )?;
+    // SAFETY: the descriptor is open (fstat succeeded), it was passed to this process for this
+    // purpose, and this is the only place that takes ownership of it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// This process's descriptor limit (`RLIMIT_NOFILE`, soft); unlimited when it cannot be read.
+pub fn descriptor_limit() -> u64 {
+    use nix::sys::resource::{getrlimit, Resource};
+    getrlimit(Resource::RLIMIT_NOFILE).map_or(u64::MAX, |(soft, _)| soft)
+}
+
 /// `TCP_DEFER_ACCEPT` (not wrapped by `nix`): report a connection as acceptable only once the
 /// client has sent data, waiting at most about `seconds`.
 pub fn set_defer_accept(listener: BorrowedFd<'_>, seconds: i32) -> io::Result<()> {
@@ -217,6 +245,98 @@ pub fn recv_with_fds(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Received>
     })
 }
 
+/// Bytes of a [`SharedWords`] area (one page).
+const SHARED_LEN: usize = 4096;
+/// 64-bit words in a [`SharedWords`] area.
+pub const SHARED_WORDS: usize = SHARED_LEN / 8;
+
+/// A page of memory shared with another process (a sealed `memfd` mapped by both), seen as
+/// [`SHARED_WORDS`] atomic 64-bit words. The other process may write anything there, so readers
+/// must treat the values as untrusted numbers; it cannot shrink the file (the memfd is sealed
+/// against it), so reading never faults.
+#[derive(Debug)]
+pub struct SharedWords {
+    ptr: std::ptr::NonNull<libc::c_void>,
+}
+
+// SAFETY: the mapping is only ever accessed through `AtomicU64`s, which are safe to use from
+// any thread (and from another process: on Linux, lock-free atomics on MAP_SHARED memory are
+// coherent across processes); the pointer is owned and unmapped once, in Drop.
+unsafe impl Send for SharedWords {}
+// SAFETY: as above: shared access only goes through atomics.
+unsafe impl Sync for SharedWords {}
+
+impl SharedWords {
+    /// Creates a zeroed page in a new `memfd` (close-on-exec, sealed against shrinking and
+    /// growing) and maps it; returns the mapping and the descriptor to hand to the other process.
+    pub fn create(name: &std::ffi::CStr) -> io::Result<(SharedWords, OwnedFd)> {
+        use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+        use nix::sys::memfd::{memfd_create, MemFdCreateFlag};
+        let fd = memfd_create(
+            name,
+            MemFdCreateFlag::MFD_CLOEXEC | MemFdCreateFlag::MFD_ALLOW_SEALING,
+        )?;
+        nix::unistd::ftruncate(&fd, SHARED_LEN as libc::off_t)?;
+        let seals = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL;
+        fcntl(fd.as_raw_fd(), FcntlArg::F_ADD_SEALS(seals))?;
+        let words = SharedWords::map(&fd)?;
+        Ok((words, fd))
+    }
+
+    /// Maps a page another process created with [`SharedWords::create`] (and passed as `fd`).
+    /// A descriptor that is not a large enough file is an error.
+    pub fn open(fd: &OwnedFd) -> io::Result<SharedWords> {
+        let st = nix::sys::stat::fstat(fd.as_raw_fd())?;
+        if usize::try_from(st.st_size).unwrap_or(0) < SHARED_LEN {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "shared page descriptor is too small",
+            ));
+        }
+        SharedWords::map(fd)
+    }
+
+    fn map(fd: &OwnedFd) -> io::Result<SharedWords> {
+        use nix::sys::mman::{mmap, MapFlags, ProtFlags};
+        let len = std::num::NonZeroUsize::new(SHARED_LEN).ok_or(io::ErrorKind::InvalidInput)?;
+        // SAFETY: a fresh shared mapping chosen by the kernel (no address given), of a file at
+        // least SHARED_LEN long; it aliases no Rust object, and it is only read and written
+        // through atomics (see `words`). It stays mapped until Drop.
+        let ptr = unsafe {
+            mmap(
+                None,
+                len,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_SHARED,
+                fd,
+                0,
+            )?
+        };
+        Ok(SharedWords { ptr })
+    }
+
+    /// The words.
+    pub fn words(&self) -> &[std::sync::atomic::AtomicU64] {
+        // SAFETY: the mapping is SHARED_LEN bytes, page-aligned (so aligned for u64), lives as
+        // long as `self`, and AtomicU64 has the size and alignment of u64; it is never accessed
+        // other than through these atomics in this process.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.ptr.as_ptr().cast::<std::sync::atomic::AtomicU64>(),
+                SHARED_WORDS,
+            )
+        }
+    }
+}
+
+impl Drop for SharedWords {
+    fn drop(&mut self) {
+        // SAFETY: `ptr` is the start of a mapping of SHARED_LEN bytes made in `map`, unmapped only
+        // here; no reference from `words` outlives `self`.
+        let _ = unsafe { nix::sys::mman::munmap(self.ptr, SHARED_LEN) };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -231,5 +351,17 @@ mod tests {
         assert!(own_inherited_seqpacket(-1).is_err());
         assert!(own_inherited_seqpacket(987_654).is_err(), "closed number");
         let _ = a.as_fd();
+    }
+
+    #[test]
+    fn a_shared_page_is_seen_by_both_mappings_and_cannot_shrink() {
+        use std::sync::atomic::Ordering;
+        let (a, fd) = SharedWords::create(c"test").unwrap();
+        let b = SharedWords::open(&fd).unwrap();
+        b.words()[3].store(42, Ordering::Release);
+        assert_eq!(a.words()[3].load(Ordering::Acquire), 42);
+        assert!(nix::unistd::ftruncate(&fd, 0).is_err(), "sealed");
+        let (small, _) = UnixStream::pair().unwrap();
+        assert!(SharedWords::open(&OwnedFd::from(small)).is_err());
     }
 }

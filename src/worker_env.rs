@@ -26,13 +26,15 @@ const ORPHAN_GRACE_MS: &str = "HERD_WORKER_ORPHAN_GRACE_MS";
 /// Present: every connection starts with a PROXY protocol header, due within this many
 /// milliseconds.
 const PROXY_HEADER_MS: &str = "HERD_WORKER_PROXY_HEADER_MS";
+/// The inherited descriptor of the worker's status page (absent: the worker publishes none).
+const STATUS_FD: &str = "HERD_WORKER_STATUS_FD";
 /// `1`: the cluster has a drain delay; a `SIGTERM` sent to the whole process group (systemd's
 /// default) only marks the worker as leaving, and the primary says when to stop.
 const LEAVE_ON_TERM: &str = "HERD_WORKER_LEAVE_ON_TERM";
 /// Requests after which the worker asks to be replaced (0: never).
 const MAX_REQUESTS: &str = "HERD_WORKER_MAX_REQUESTS";
 /// Every variable of the contract, for removal.
-const ALL: [&str; 8] = [
+const ALL: [&str; 9] = [
     ID,
     CHANNEL_FD,
     REPORT_CLOSES,
@@ -41,6 +43,7 @@ const ALL: [&str; 8] = [
     PROXY_HEADER_MS,
     LEAVE_ON_TERM,
     MAX_REQUESTS,
+    STATUS_FD,
 ];
 /// The grace when the variable is absent (the primary's default shutdown timeout).
 const DEFAULT_ORPHAN_GRACE: Duration = Duration::from_secs(30);
@@ -66,6 +69,8 @@ pub struct WorkerEnv {
     /// Requests after which the worker asks to be replaced (0: never; the primary has
     /// already added this worker's share of the jitter).
     pub max_requests: u64,
+    /// The descriptor number of the worker's status page ([`crate::ipc::StatusPage`]), if any.
+    pub status_fd: Option<RawFd>,
 }
 
 /// Why the environment did not describe a worker.
@@ -87,6 +92,9 @@ impl WorkerEnv {
         }
         if let Some(t) = self.proxy_header {
             cmd.env(PROXY_HEADER_MS, t.as_millis().to_string());
+        }
+        if let Some(fd) = self.status_fd {
+            cmd.env(STATUS_FD, fd.to_string());
         }
     }
 
@@ -141,6 +149,10 @@ impl WorkerEnv {
                         v.parse().map_err(|_| BadWorkerEnv(PROXY_HEADER_MS))?,
                     )),
                 },
+                status_fd: match var(STATUS_FD) {
+                    None => None,
+                    Some(v) => Some(v.parse().map_err(|_| BadWorkerEnv(STATUS_FD))?),
+                },
             })
         };
         Some(parse())
@@ -163,6 +175,7 @@ mod tests {
             proxy_header: Some(Duration::from_millis(2500)),
             leave_on_term: true,
             max_requests: 12,
+            status_fd: Some(8),
         };
         let mut cmd = Command::new("true");
         env.apply(&mut cmd);

@@ -253,3 +253,45 @@ fn a_crash_looping_reuseport_worker_loses_no_connection() {
     std::fs::remove_file(&marker).expect("disarm");
     server.wait_log("accepts on its socket meanwhile", DEADLINE);
 }
+
+/// The cheaper handoff (issue 13): the primary closes its copy of a socket right after sending
+/// it, so the connections queued in the channel of a frozen worker exist only there. Killed,
+/// the worker takes them nowhere: the primary reads them back from its handle on the worker's
+/// end of the channel and another worker serves every one.
+#[test]
+fn reclaim_from_the_channel_of_a_killed_frozen_worker_loses_nothing() {
+    const CLIENTS: usize = 10;
+    // Round-robin keeps handing the frozen worker its share; the watchdog stays out of it.
+    let mut server = Server::start(&["--workers", "2", "--worker-timeout", "60s"]);
+    let frozen = server.workers()[0];
+    send_signal(frozen, Signal::SIGSTOP).expect("freeze a worker");
+    let answers: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let mut c = connect(server.addr());
+            c.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                .expect("send");
+            std::thread::spawn(move || {
+                c.set_read_timeout(Some(DEADLINE)).expect("timeout");
+                read_response(&mut BufReader::new(c), false)
+            })
+        })
+        .collect();
+    // The live worker answers its share; the frozen one's share sits unread in its channel.
+    wait_for("the live worker's share to be answered", DEADLINE, || {
+        (answers.iter().filter(|h| h.is_finished()).count() >= CLIENTS / 2).then_some(())
+    });
+    assert!(
+        answers.iter().any(|h| !h.is_finished()),
+        "some wait in the frozen worker's channel"
+    );
+    send_signal(frozen, Signal::SIGKILL).expect("kill the frozen worker");
+    for (i, h) in answers.into_iter().enumerate() {
+        let r = h
+            .join()
+            .expect("reader thread")
+            .unwrap_or_else(|e| panic!("connection {i} was lost: {e}\n{}", server.log_text()));
+        assert_eq!(r.status, 200);
+        assert_ne!(r.pid(), frozen);
+    }
+    server.wait_log("handing them to others", DEADLINE);
+}

@@ -12,7 +12,13 @@ fn hello() -> String {
 
 #[test]
 fn every_policy_serves_200_requests_from_8_clients() {
-    for policy in ["round-robin", "least-connections", "shared", "reuseport"] {
+    for policy in [
+        "round-robin",
+        "least-connections",
+        "shared",
+        "reuseport",
+        "idle-first",
+    ] {
         let s =
             Launch::herd_run(&["--workers", "2", "--policy", policy], &["node", &hello()]).start();
         assert!(
@@ -22,7 +28,7 @@ fn every_policy_serves_200_requests_from_8_clients() {
         );
         let r = load(s.addr(), 8, 25, false);
         assert_eq!((r.ok, r.failed), (200, 0), "{policy}: {:?}", r.errors);
-        if matches!(policy, "round-robin" | "least-connections") {
+        if matches!(policy, "round-robin" | "least-connections" | "idle-first") {
             assert_eq!(r.by_pid.len(), 2, "{policy}: both workers served");
         }
         let k = load(s.addr(), 8, 25, true);
@@ -84,4 +90,9 @@ fn a_slow_reader_does_not_block_round_robin() {
 #[test]
 fn a_slow_reader_does_not_block_shared() {
     slow_reader_does_not_block("shared");
+}
+
+#[test]
+fn a_slow_reader_does_not_block_idle_first() {
+    slow_reader_does_not_block("idle-first");
 }

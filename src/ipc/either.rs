@@ -8,7 +8,7 @@ use mio::event::Source;
 use mio::{Interest, Registry, Token};
 
 use super::node::{codec::DecodeError, FromNode, NodeLink};
-use super::{ConnId, IpcError, ToPrimary, ToWorker, WorkerLink};
+use super::{ConnId, IpcError, Status, ToPrimary, ToWorker, WorkerLink};
 
 /// A message read from a worker.
 #[derive(Debug)]
@@ -73,6 +73,66 @@ impl Link {
         match self {
             Link::Herd(l) => l.unacked(),
             Link::Node(l) => l.unacked(),
+        }
+    }
+
+    /// What the worker published last: herd workers with a status page. A Node worker
+    /// publishes nothing.
+    pub fn status(&self) -> Option<Status> {
+        match self {
+            Link::Herd(l) => l.status(),
+            Link::Node(_) => None,
+        }
+    }
+
+    /// Connections handed to the worker that it has not started serving. A Node worker: the
+    /// ones queued or sent and not yet acked (Node acks a `newconn` as soon as its loop reads
+    /// it, so this is what its channel holds unread).
+    pub fn waiting(&self) -> u64 {
+        match self {
+            Link::Herd(l) => l.waiting(),
+            Link::Node(l) => l.unacked() as u64,
+        }
+    }
+
+    /// True when the worker has taken everything handed to it and (herd workers, from the
+    /// page) its loop waits for events. A Node worker has no page: it counts as idle when the
+    /// primary knows of nothing it has not taken (no connection unacked). A Node loop stuck
+    /// in a long synchronous request reads nothing, so connections handed to it stay
+    /// unacked and it stops counting as idle; one that is merely serving (asynchronously)
+    /// still does.
+    pub fn idle(&self) -> bool {
+        match self {
+            Link::Herd(l) => l.idle(),
+            Link::Node(l) => l.unacked() == 0,
+        }
+    }
+
+    /// Connections handed over and not yet taken (what the handoff window bounds). A Node
+    /// worker: not acked.
+    pub fn outstanding(&self) -> usize {
+        match self {
+            Link::Herd(l) => l.outstanding(),
+            Link::Node(l) => l.unacked(),
+        }
+    }
+
+    /// The worker has read everything but its page does not say so yet (herd workers only:
+    /// a Node worker's acks are events).
+    pub fn page_lags(&self) -> bool {
+        match self {
+            Link::Herd(l) => l.page_lags(),
+            Link::Node(_) => false,
+        }
+    }
+
+    /// While connections wait for room, wakes the loop each time a herd worker reads its
+    /// channel (given connections bring no ack). A Node worker acks every connection, which
+    /// wakes the loop already: nothing to do.
+    pub fn watch_reads(&mut self, registry: &Registry, on: bool) -> std::io::Result<()> {
+        match self {
+            Link::Herd(l) => l.watch_reads(registry, on),
+            Link::Node(_) => Ok(()),
         }
     }
 

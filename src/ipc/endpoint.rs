@@ -48,6 +48,10 @@ pub struct Endpoint<Tx, Rx> {
     inbox: Vec<u8>,
     /// The token and whether writable interest is on, once registered.
     registered: Option<(Token, bool)>,
+    /// Keep writable interest on even with nothing queued: on a Unix socket the peer's every
+    /// read then wakes this loop (how the primary learns that a worker read what it was given
+    /// while connections wait for room, with no ack).
+    watch_reads: bool,
     _rx: PhantomData<fn() -> Rx>,
 }
 
@@ -60,6 +64,7 @@ impl<Tx: Outgoing, Rx: Incoming> Endpoint<Tx, Rx> {
             scratch: Vec::new(),
             inbox: vec![0; MAX_PACKET],
             registered: None,
+            watch_reads: false,
             _rx: PhantomData,
         }
     }
@@ -131,6 +136,13 @@ impl<Tx: Outgoing, Rx: Incoming> Endpoint<Tx, Rx> {
             .map_err(IpcError::Io)
     }
 
+    /// Asks for (or stops asking for) a wake-up each time the peer reads, even with nothing
+    /// queued here.
+    pub fn watch_reads(&mut self, registry: &Registry, on: bool) -> io::Result<()> {
+        self.watch_reads = on;
+        self.set_writable(registry, !self.queue.is_empty())
+    }
+
     /// Receives one message. `Ok(None)`: nothing waits now. [`IpcError::Closed`]: the peer
     /// closed its end. [`IpcError::Malformed`]: it sent something this version does not
     /// understand (the packet is consumed; its descriptors are closed).
@@ -158,6 +170,7 @@ impl<Tx: Outgoing, Rx: Incoming> Endpoint<Tx, Rx> {
     }
 
     fn set_writable(&mut self, registry: &Registry, want: bool) -> io::Result<()> {
+        let want = want || self.watch_reads;
         match self.registered {
             Some((token, on)) if on != want => {
                 let fd = self.channel.raw_fd();
@@ -181,14 +194,14 @@ fn interest(writable: bool) -> Interest {
 /// Registering asks for readable events, and writable ones while messages wait.
 impl<Tx, Rx> Source for Endpoint<Tx, Rx> {
     fn register(&mut self, registry: &Registry, token: Token, _: Interest) -> io::Result<()> {
-        let want = !self.queue.is_empty();
+        let want = !self.queue.is_empty() || self.watch_reads;
         SourceFd(&self.channel.raw_fd()).register(registry, token, interest(want))?;
         self.registered = Some((token, want));
         Ok(())
     }
 
     fn reregister(&mut self, registry: &Registry, token: Token, _: Interest) -> io::Result<()> {
-        let want = !self.queue.is_empty();
+        let want = !self.queue.is_empty() || self.watch_reads;
         SourceFd(&self.channel.raw_fd()).reregister(registry, token, interest(want))?;
         self.registered = Some((token, want));
         Ok(())

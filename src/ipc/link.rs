@@ -1,11 +1,23 @@
-//! The primary's end of one worker's channel, with the connections handed over and not yet
-//! acknowledged: the primary keeps its copy of each socket until the worker's ack, so a worker
-//! that dies (or refuses) first loses nothing: [`WorkerLink::reclaim`] gives them back.
+//! The primary's end of one worker's channel, with what it handed over and has not yet seen
+//! taken.
 //!
-//! The link also holds a second handle on the *worker's* end of the channel. With it the
-//! primary can read back what a frozen worker never read ([`WorkerLink::read_back`]): each
-//! packet is received by one reader only, so a connection either reached the worker or comes
-//! back, never both.
+//! A connection is handed over in one of two ways, chosen per connection by [`WorkerLink::hand`]:
+//!
+//! - **kept until acked** ([`ToWorker::Conn`]): the primary keeps its copy of the socket until
+//!   the worker acks it; a worker that dies (or refuses) first loses nothing:
+//!   [`WorkerLink::reclaim`] gives the copies back. Any worker that speaks the protocol gets
+//!   this; it costs the primary the `close()` of its copy late (often the last reference, so the
+//!   TCP teardown) and a wake-up per ack.
+//! - **given** ([`ToWorker::Give`]): the primary closes its copy right after `sendmsg` and the
+//!   worker sends no ack. Only workers that opt in get this: herd's own, which publish a
+//!   [`StatusPage`] ([`WorkerLink::published`]) and are not close to their descriptor limit
+//!   (where the kernel could drop a packet's sockets).
+//!
+//! Either way nothing the worker has not read is lost: the link holds a second handle on the
+//! *worker's* end of the channel, and [`WorkerLink::read_back`] receives from it what the worker
+//! never read (a frozen or dead worker). Each packet is received by one reader only, so a
+//! connection either reached the worker or comes back, never both. What a worker has read is
+//! its own, as the connections it is serving are.
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
@@ -13,7 +25,8 @@ use std::os::fd::OwnedFd;
 use mio::event::Source;
 use mio::{Interest, Registry, Token};
 
-use super::endpoint::{Delivery, Endpoint};
+use super::endpoint::{Delivery, Endpoint, Envelope};
+use super::status::{Status, StatusPage};
 use super::wire::{ConnId, ToPrimary, ToWorker};
 use super::{Channel, IpcError};
 
@@ -27,26 +40,91 @@ pub struct WorkerLink {
     in_flight: HashMap<ConnId, OwnedFd>,
     /// Connections queued and not yet sent.
     queued_conns: usize,
+    /// What the worker publishes, if it does (herd's own workers): then connections are given.
+    status: Option<StatusPage>,
+    /// Connections sent in total, minus those read back (compared with the worker's count).
+    sent_conns: u64,
 }
 
 impl WorkerLink {
     /// Wraps the primary's end of a fresh channel; `worker_end`, a handle on the other end,
-    /// makes [`WorkerLink::read_back`] possible.
+    /// makes [`WorkerLink::read_back`] possible. Connections are kept until acked.
     pub fn new(channel: Channel, worker_end: Option<Channel>) -> WorkerLink {
         WorkerLink {
             endpoint: Endpoint::new(channel),
             worker_end: worker_end.map(Endpoint::new),
             in_flight: HashMap::new(),
             queued_conns: 0,
+            status: None,
+            sent_conns: 0,
         }
     }
 
+    /// The worker publishes `page` (a herd worker): the policy sees whether it is idle, and
+    /// connections are given (closed here right after `sendmsg`, never acked) while the worker
+    /// is not close to its descriptor limit and the link can read back what it leaves unread.
+    pub fn published(mut self, page: StatusPage) -> WorkerLink {
+        self.status = Some(page);
+        self
+    }
+
     /// Queues a connection for the worker (sent at the next [`WorkerLink::flush`], batched with
-    /// the others queued in the same turn).
+    /// the others queued in the same turn), given or kept until acked (see the module docs).
     pub fn hand(&mut self, id: ConnId, socket: OwnedFd) {
         self.queued_conns += 1;
-        self.endpoint
-            .queue(ToWorker::Conn { ids: vec![id] }, vec![socket]);
+        let give =
+            self.worker_end.is_some() && self.status.as_ref().is_some_and(|s| !s.read().tight);
+        let ids = vec![id];
+        let msg = if give {
+            ToWorker::Give { ids }
+        } else {
+            ToWorker::Conn { ids }
+        };
+        self.endpoint.queue(msg, vec![socket]);
+    }
+
+    /// What the worker published last, if it publishes.
+    pub fn status(&self) -> Option<Status> {
+        self.status.as_ref().map(StatusPage::read)
+    }
+
+    /// Connections handed to the worker that it has not started serving: queued here, unread
+    /// in its channel, or held by it at its connection limit. Without a status page, the ones
+    /// not acked yet. Read from the page alone: no syscall.
+    pub fn waiting(&self) -> u64 {
+        (self.queued_conns as u64).saturating_add(self.untaken())
+    }
+
+    /// Sent and not taken (unread or held); without a status page, not acked.
+    fn untaken(&self) -> u64 {
+        let Some(s) = self.status() else {
+            return self.in_flight.len() as u64;
+        };
+        self.sent_conns
+            .saturating_sub(s.received)
+            .saturating_add(s.held)
+    }
+
+    /// The worker has read everything (the kernel says so) but its page does not say so yet:
+    /// it counts what it read a moment after the kernel lets the primary know (with a writable
+    /// event), so the page is about to change with no further event. Costs a syscall only
+    /// when the page shows unread connections.
+    pub fn page_lags(&self) -> bool {
+        self.status()
+            .is_some_and(|s| self.sent_conns > s.received && self.unread() == 0)
+    }
+
+    /// True when the worker's loop waits for events and it has read everything handed to it.
+    /// Without a status page: nothing handed is unacked.
+    pub fn idle(&self) -> bool {
+        self.waiting() == 0 && !self.status().is_some_and(|s| s.busy)
+    }
+
+    /// Connections handed over and not yet taken: queued, unread, held, or kept until an ack
+    /// (what the handoff window bounds).
+    pub fn outstanding(&self) -> usize {
+        let untaken = usize::try_from(self.untaken()).unwrap_or(usize::MAX);
+        self.queued_conns + self.in_flight.len().max(untaken)
     }
 
     /// Queues a control or user message.
@@ -69,16 +147,33 @@ impl WorkerLink {
         self.endpoint.is_idle()
     }
 
-    /// Sends what the socket takes; a sent connection's socket is kept until its ack. `Err`
-    /// means the worker's end is gone.
+    /// Sends what the socket takes: a given connection's socket is closed now, a kept one is
+    /// kept until its ack. `Err` means the worker's end is gone.
     pub fn flush(&mut self, registry: &Registry) -> Result<(), IpcError> {
-        let (in_flight, queued) = (&mut self.in_flight, &mut self.queued_conns);
-        self.endpoint.flush(registry, |sent| {
-            if let ToWorker::Conn { ids } = sent.msg {
+        let (in_flight, queued, sent_conns) = (
+            &mut self.in_flight,
+            &mut self.queued_conns,
+            &mut self.sent_conns,
+        );
+        self.endpoint.flush(registry, |sent| match sent.msg {
+            ToWorker::Conn { ids } => {
                 *queued -= ids.len();
+                *sent_conns += ids.len() as u64;
                 in_flight.extend(ids.into_iter().zip(sent.fds));
             }
+            ToWorker::Give { ids } => {
+                *queued -= ids.len();
+                *sent_conns += ids.len() as u64;
+                // `sent.fds` drops here: the worker's copy is the only one now.
+            }
+            _ => {}
         })
+    }
+
+    /// While connections wait for room in the workers' windows, wakes the loop each time the
+    /// worker reads (given connections bring no ack that would); see [`Endpoint::watch_reads`].
+    pub fn watch_reads(&mut self, registry: &Registry, on: bool) -> std::io::Result<()> {
+        self.endpoint.watch_reads(registry, on)
     }
 
     /// Receives one message from the worker (see [`Endpoint::recv`]).
@@ -109,21 +204,17 @@ impl WorkerLink {
     pub fn unsend(&mut self) -> Vec<(ConnId, OwnedFd)> {
         let envelopes = self
             .endpoint
-            .unqueue(|m| matches!(m, ToWorker::Conn { .. }));
+            .unqueue(|m| matches!(m, ToWorker::Conn { .. } | ToWorker::Give { .. }));
         self.queued_conns = 0;
-        envelopes
-            .into_iter()
-            .flat_map(|e| match e.msg {
-                ToWorker::Conn { ids } => ids.into_iter().zip(e.fds).collect(),
-                _ => Vec::new(),
-            })
-            .collect()
+        envelopes.into_iter().flat_map(conns_of).collect()
     }
 
-    /// Takes back every connection the worker has not acked (it died or its channel closed),
-    /// in id order.
+    /// Takes back every connection the worker did not take (it died or its channel closed):
+    /// the ones never sent, the ones it never read, the ones it read and did not ack; in id
+    /// order.
     pub fn reclaim(&mut self) -> Vec<(ConnId, OwnedFd)> {
-        let mut back = self.unsend();
+        let mut back = self.read_back();
+        back.extend(self.unsend());
         back.extend(self.in_flight.drain());
         back.sort_by_key(|(id, _)| *id);
         back
@@ -141,12 +232,10 @@ impl WorkerLink {
         loop {
             match peer.recv() {
                 Ok(Some(d)) => match d.msg {
-                    ToWorker::Conn { ids } => {
-                        for (id, fd) in ids.into_iter().zip(d.fds) {
-                            back.push((id, fd));
-                        }
+                    msg @ (ToWorker::Conn { .. } | ToWorker::Give { .. }) => {
+                        back.extend(conns_of(Envelope { msg, fds: d.fds }));
                     }
-                    msg => again.push(super::Envelope { msg, fds: d.fds }),
+                    msg => again.push(Envelope { msg, fds: d.fds }),
                 },
                 Ok(None) => break,
                 Err(e) => {
@@ -159,6 +248,7 @@ impl WorkerLink {
         for (id, _) in &back {
             self.in_flight.remove(id);
         }
+        self.sent_conns = self.sent_conns.saturating_sub(back.len() as u64);
         self.endpoint.requeue_front(again);
         back.sort_by_key(|(id, _)| *id);
         back
@@ -177,6 +267,14 @@ impl WorkerLink {
     /// The channel underneath.
     pub fn channel(&self) -> &Channel {
         self.endpoint.channel()
+    }
+}
+
+/// The connections a handoff packet carries, with their sockets.
+fn conns_of(e: Envelope<ToWorker>) -> Vec<(ConnId, OwnedFd)> {
+    match e.msg {
+        ToWorker::Conn { ids } | ToWorker::Give { ids } => ids.into_iter().zip(e.fds).collect(),
+        _ => Vec::new(),
     }
 }
 

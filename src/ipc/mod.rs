@@ -9,8 +9,9 @@
 //! - [`Endpoint`]: what both loops use: the socket, the queue the kernel has not taken yet
 //!   (in two [`lanes`]: handoffs and acks never wait behind user messages), the writable
 //!   interest, a `mio` source that speaks typed messages;
-//! - [`WorkerLink`]: the primary's end, which also keeps each handed-over socket until the
-//!   worker acknowledges it.
+//! - [`WorkerLink`]: the primary's end, with what it handed over and not yet saw taken;
+//! - [`StatusPage`]: what a herd worker publishes in memory shared with the primary (busy or
+//!   idle, connections read), read with no syscall.
 //!
 //! We call `sendmsg` through `nix` and `recvmsg` through [`crate::sys`] rather than the
 //! `sendfd` crate because we need `MSG_CMSG_CLOEXEC` (received client sockets must not leak into
@@ -24,6 +25,7 @@ mod endpoint;
 pub mod lanes;
 mod link;
 pub mod node;
+mod status;
 pub mod wire;
 
 use std::io;
@@ -33,6 +35,7 @@ pub use either::{Inbound, Link};
 pub use endpoint::{Delivery, Endpoint, Envelope};
 pub use lanes::{MAX_QUEUED_BYTES, MAX_QUEUED_MESSAGES};
 pub use link::WorkerLink;
+pub use status::{Status, StatusPage};
 pub use wire::{
     ConnId, Incoming, Outgoing, ToPrimary, ToWorker, WorkerStats, MAX_ACK_IDS, MAX_CONN_BATCH,
     MAX_MESSAGE,

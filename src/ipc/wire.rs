@@ -39,6 +39,13 @@ pub enum ToWorker {
         /// The primary's ids for these connections.
         ids: Vec<ConnId>,
     },
+    /// Serve these connections, and do not ack them: the primary closed its copies right
+    /// after sending (it reads back from the worker's end what a dead worker never read).
+    /// Sockets travel as with [`ToWorker::Conn`].
+    Give {
+        /// The primary's ids for these connections.
+        ids: Vec<ConnId>,
+    },
     /// Accept connections on this listening socket yourself (shared and reuseport policies).
     Listen,
     /// Stop taking new connections, finish what is in flight, then exit.
@@ -135,6 +142,7 @@ const T_DISCONNECT: u8 = 3;
 const T_STATS_REQ: u8 = 4;
 const T_MSG: u8 = 5;
 const T_LEAVING: u8 = 6;
+const T_GIVE: u8 = 7;
 const P_ONLINE: u8 = 101;
 const P_LISTENING: u8 = 102;
 const P_ACK: u8 = 103;
@@ -192,6 +200,7 @@ impl Outgoing for ToWorker {
     fn encode(&self, out: &mut Vec<u8>) -> Result<(), IpcError> {
         match self {
             ToWorker::Conn { ids } => write_ids(T_CONN, ids, out),
+            ToWorker::Give { ids } => write_ids(T_GIVE, ids, out),
             ToWorker::Listen => out.push(T_LISTEN),
             ToWorker::Disconnect => out.push(T_DISCONNECT),
             ToWorker::StatsRequest => out.push(T_STATS_REQ),
@@ -209,6 +218,12 @@ impl Outgoing for ToWorker {
                 ids.extend(more);
                 Ok(())
             }
+            (ToWorker::Give { ids }, ToWorker::Give { ids: more })
+                if ids.len() + more.len() <= MAX_CONN_BATCH =>
+            {
+                ids.extend(more);
+                Ok(())
+            }
             (_, next) => Err(next),
         }
     }
@@ -219,6 +234,9 @@ impl Incoming for ToWorker {
         let body = b.get(1..).unwrap_or_default();
         match b.first() {
             Some(&T_CONN) => Ok(ToWorker::Conn {
+                ids: read_ids(body, MAX_CONN_BATCH)?,
+            }),
+            Some(&T_GIVE) => Ok(ToWorker::Give {
                 ids: read_ids(body, MAX_CONN_BATCH)?,
             }),
             Some(&T_LISTEN) => Ok(ToWorker::Listen),
@@ -347,6 +365,7 @@ mod tests {
             ToWorker::Conn {
                 ids: ids(&[1, u64::MAX, 3]),
             },
+            ToWorker::Give { ids: ids(&[7, 8]) },
             ToWorker::Listen,
             ToWorker::Disconnect,
             ToWorker::StatsRequest,

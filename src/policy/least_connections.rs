@@ -31,7 +31,11 @@ mod tests {
     use super::*;
 
     fn l(open: u64) -> Option<Load> {
-        Some(Load { open })
+        Some(Load {
+            open,
+            idle: true,
+            waiting: 0,
+        })
     }
 
     #[test]

@@ -1,12 +1,14 @@
 //! Scheduling policies: who accepts a connection, and which worker gets it.
 //!
-//! Two families, one enum. In the *primary-accepts* family (`round-robin`, `least-connections`)
+//! Two families, one enum. In the *primary-accepts* family (`round-robin`, `least-connections`,
+//! `idle-first`)
 //! the primary accepts every connection and asks a [`Balancer`] which worker gets it. In the
 //! *workers-accept* family (`shared`, `reuseport`) the primary only creates the listening sockets
 //! (so a port conflict fails once, early) and passes them to the workers, described by a
 //! [`ListenerPlan`]. Each policy lives in its own file; a new one implements [`Balancer`] (or
 //! returns a [`ListenerPlan`]) without touching the others.
 
+mod idle_first;
 mod least_connections;
 mod reuseport;
 mod round_robin;
@@ -15,6 +17,7 @@ mod shared;
 use std::fmt;
 use std::str::FromStr;
 
+pub use idle_first::IdleFirst;
 pub use least_connections::LeastConnections;
 pub use round_robin::RoundRobin;
 
@@ -23,6 +26,10 @@ pub use round_robin::RoundRobin;
 pub struct Load {
     /// Connections handed to the worker and not yet reported closed.
     pub open: u64,
+    /// Its loop waits for events and it has read everything handed to it.
+    pub idle: bool,
+    /// Connections handed to it that it has not read yet.
+    pub waiting: u64,
 }
 
 /// Chooses a worker for each connection the primary accepted.
@@ -56,24 +63,30 @@ pub enum Policy {
     Shared,
     /// Every worker accepts on its own `SO_REUSEPORT` socket.
     ReusePort,
+    /// The primary accepts; an idle worker gets the next one (in rotation), else the one with
+    /// the fewest connections waiting for it.
+    IdleFirst,
 }
 
 impl Policy {
     /// Every policy, in the order the docs list them.
-    pub const ALL: [Policy; 4] = [
+    pub const ALL: [Policy; 5] = [
         Policy::RoundRobin,
         Policy::LeastConnections,
         Policy::Shared,
         Policy::ReusePort,
+        Policy::IdleFirst,
     ];
 
-    /// The canonical name (`round-robin`, `least-connections`, `shared`, `reuseport`).
+    /// The canonical name (`round-robin`, `least-connections`, `shared`, `reuseport`,
+    /// `idle-first`).
     pub fn name(self) -> &'static str {
         match self {
             Policy::RoundRobin => "round-robin",
             Policy::LeastConnections => "least-connections",
             Policy::Shared => "shared",
             Policy::ReusePort => "reuseport",
+            Policy::IdleFirst => "idle-first",
         }
     }
 
@@ -82,6 +95,7 @@ impl Policy {
         match self {
             Policy::RoundRobin => Some(Box::new(RoundRobin::default())),
             Policy::LeastConnections => Some(Box::new(LeastConnections::default())),
+            Policy::IdleFirst => Some(Box::new(IdleFirst::default())),
             Policy::Shared | Policy::ReusePort => None,
         }
     }
@@ -91,7 +105,7 @@ impl Policy {
         match self {
             Policy::Shared => Some(shared::PLAN),
             Policy::ReusePort => Some(reuseport::PLAN),
-            Policy::RoundRobin | Policy::LeastConnections => None,
+            Policy::RoundRobin | Policy::LeastConnections | Policy::IdleFirst => None,
         }
     }
 
@@ -110,7 +124,7 @@ impl fmt::Display for Policy {
 /// An unknown policy name.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error(
-    "unknown policy '{0}' (valid: round-robin (rr), least-connections, shared (none), reuseport)"
+    "unknown policy '{0}' (valid: round-robin (rr), least-connections, shared (none), reuseport, idle-first)"
 )]
 pub struct UnknownPolicy(pub String);
 
@@ -124,6 +138,7 @@ impl FromStr for Policy {
             "least-connections" | "leastconn" | "lc" => Ok(Policy::LeastConnections),
             "shared" | "none" => Ok(Policy::Shared),
             "reuseport" | "reuse-port" => Ok(Policy::ReusePort),
+            "idle-first" | "idlefirst" => Ok(Policy::IdleFirst),
             _ => Err(UnknownPolicy(s.to_string())),
         }
     }

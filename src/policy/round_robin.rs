@@ -25,7 +25,11 @@ mod tests {
 
     #[test]
     fn rotates_and_skips_unavailable() {
-        let l = Some(Load { open: 0 });
+        let l = Some(Load {
+            open: 0,
+            idle: true,
+            waiting: 0,
+        });
         let mut rr = RoundRobin::default();
         let picks: Vec<_> = (0..6).map(|_| rr.pick(&[l, l, l]).unwrap()).collect();
         assert_eq!(picks, [0, 1, 2, 0, 1, 2]);

@@ -3,8 +3,14 @@
 
 use std::time::Instant;
 
+use std::time::Duration;
+
 use super::workers::{ProcKey, SlotIndex};
 use super::Primary;
+
+/// How soon to look again at a worker that has read what it was given but not yet said so in
+/// its page (a matter of microseconds).
+const ROOM_RETRY: Duration = Duration::from_millis(1);
 
 impl Primary {
     /// Hands waiting connections to the workers the policy picks, until none waits or no
@@ -52,8 +58,35 @@ impl Primary {
         for key in touched {
             self.flush(key);
         }
+        self.watch_for_room();
         if !self.stopping() {
             self.acceptor.maybe_resume(self.poll.registry());
+        }
+    }
+
+    /// Connections still wait when every worker's window is full: given connections bring no
+    /// ack, so ask to be woken when a worker reads from its channel (that makes room); stop
+    /// asking once nothing waits. A worker whose page lags behind its read is looked at again
+    /// in a moment ([`ROOM_RETRY`]): its page changes with no event.
+    fn watch_for_room(&mut self) {
+        let waiting = self.acceptor.waiting() > 0;
+        self.phase.room_retry = None;
+        if !waiting && !self.phase.watching_reads {
+            return;
+        }
+        self.phase.watching_reads = waiting;
+        let registry = self.poll.registry();
+        let mut lags = false;
+        for (_, p) in self.workers.procs_mut() {
+            if !p.channel_closed {
+                if let Err(e) = p.link.watch_reads(registry, waiting) {
+                    log::debug!("worker {} channel: {e}", p.pid);
+                }
+                lags |= waiting && p.link.page_lags();
+            }
+        }
+        if lags {
+            self.phase.room_retry = Some(Instant::now() + ROOM_RETRY);
         }
     }
 }

@@ -119,6 +119,10 @@ struct Phase {
     last_watch: Option<Instant>,
     /// The host is leaving (drain delay); the shutdown starts at this time.
     leave_at: Option<Instant>,
+    /// Connections wait for room in the workers' windows: their reads wake the loop.
+    watching_reads: bool,
+    /// When to look again at workers whose page lags behind what they read.
+    room_retry: Option<Instant>,
 }
 
 /// The primary process's state.
@@ -312,6 +316,7 @@ impl Primary {
             .chain(self.admin_timer())
             .chain(self.next_start_check())
             .chain(self.acceptor.retry_at())
+            .chain(self.phase.room_retry)
             .min()
     }
 
@@ -325,7 +330,8 @@ impl Primary {
                 cooled = true;
             }
         }
-        if self.acceptor.retry_due(now) || cooled {
+        let room = self.phase.room_retry.is_some_and(|t| t <= now);
+        if self.acceptor.retry_due(now) || cooled || room {
             self.dispatch();
         }
         self.step_reload(now);

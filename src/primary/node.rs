@@ -4,8 +4,10 @@
 //! [`crate::ipc::node`].
 //!
 //! The server a worker asks for on herd's port (or on port 0) is herd's own listener, served
-//! by the cluster's policy: round-robin and least-connections answer with a `sockname` and
-//! hand connections as `newconn`s; `shared` hands the listening socket (Node's `SCHED_NONE`);
+//! by the cluster's policy: round-robin, least-connections and idle-first answer with a
+//! `sockname` and hand connections as `newconn`s (each kept until the worker's ack; a Node
+//! worker publishes no status page, so idle-first counts it idle when it has acked every
+//! connection handed to it); `shared` hands the listening socket (Node's `SCHED_NONE`);
 //! `reuseport` hands the worker's own `SO_REUSEPORT` socket. Any other TCP server is bound on
 //! first demand and handed as a shared socket to every worker that asks for it.
 

@@ -10,8 +10,24 @@ use std::process::{Child, Command, Stdio};
 
 use crate::event::WorkerId;
 use crate::ipc::node::{self, NodeLink};
-use crate::ipc::{Channel, Link, WorkerLink};
+use crate::ipc::{Channel, Link, StatusPage, WorkerLink};
 use crate::worker_env::WorkerEnv;
+
+/// A worker just started, and the primary's link to it.
+///
+/// A herd worker's link ([`Link::Herd`]) holds a second handle on the worker's end of the
+/// channel (close-on-exec, so only the worker has it otherwise) for reading back what the
+/// worker leaves unread, and the [`StatusPage`] the worker publishes in, when one could be
+/// created ([`WorkerLink::published`]: then connections are given). Without a page (its
+/// creation failed) connections are kept until acked. A Node worker's link ([`Link::Node`])
+/// has neither: Node's protocol acks every connection.
+#[derive(Debug)]
+pub struct Spawned {
+    /// The child process.
+    pub child: Child,
+    /// The primary's end of its channel, in the worker's protocol.
+    pub link: Link,
+}
 
 /// How to start a worker.
 #[derive(Debug, Clone)]
@@ -64,20 +80,26 @@ impl Spawner {
     }
 
     /// Starts worker `id` with its end of a fresh channel; returns the child and the
-    /// primary's link to it.
-    pub fn spawn(&self, id: WorkerId) -> io::Result<(Child, Link)> {
+    /// primary's link to it (see [`Spawned`]).
+    pub fn spawn(&self, id: WorkerId) -> io::Result<Spawned> {
         match &self.node {
             Some(command) => self.spawn_node(command, id),
             None => self.spawn_herd(id),
         }
     }
 
-    /// A herd worker. The link keeps a second handle on the worker's end (close-on-exec, so
-    /// only this worker has it) for reading back what the worker leaves unread.
-    fn spawn_herd(&self, id: WorkerId) -> io::Result<(Child, Link)> {
+    /// A herd worker, with its status page when one can be created.
+    fn spawn_herd(&self, id: WorkerId) -> io::Result<Spawned> {
         let (mine, theirs) = Channel::pair()?;
         let worker_end = theirs.try_clone()?;
         let fd = theirs.raw_fd();
+        let (status, status_fd) = match StatusPage::create() {
+            Ok((page, fd)) => (Some(page), Some(fd)),
+            Err(e) => {
+                log::warn!("cannot create worker {id}'s status page: {e}");
+                (None, None)
+            }
+        };
         let mut cmd = Command::new(&self.exe);
         cmd.args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
@@ -91,19 +113,31 @@ impl Spawner {
             proxy_header: self.proxy_header,
             leave_on_term: self.leave_on_term,
             max_requests: self.request_limit(),
+            status_fd: status_fd.as_ref().map(|f| f.as_raw_fd()),
         }
         .apply(&mut cmd);
         crate::sys::keep_open_across_exec(&mut cmd, fd);
+        if let Some(f) = &status_fd {
+            crate::sys::keep_open_across_exec(&mut cmd, f.as_raw_fd());
+        }
         let child = cmd.spawn()?;
         drop(theirs);
-        Ok((child, Link::Herd(WorkerLink::new(mine, Some(worker_end)))))
+        drop(status_fd);
+        let mut link = WorkerLink::new(mine, Some(worker_end));
+        if let Some(page) = status {
+            link = link.published(page);
+        }
+        Ok(Spawned {
+            child,
+            link: Link::Herd(link),
+        })
     }
 
     /// A Node worker: the command with the channel at fd 3 and Node's environment, as
     /// `cluster.fork()` starts one. The primary keeps no handle on the worker's end, so the
     /// worker sees end of file on fd 3 as soon as the primary is gone (and exits), and the
     /// primary sees it as soon as the worker disconnects.
-    fn spawn_node(&self, command: &NodeCommand, id: WorkerId) -> io::Result<(Child, Link)> {
+    fn spawn_node(&self, command: &NodeCommand, id: WorkerId) -> io::Result<Spawned> {
         let (mine, theirs) = node::Stream::pair()?;
         let mut cmd = Command::new(&command.program);
         cmd.args(&command.args)
@@ -120,6 +154,9 @@ impl Spawner {
             )
         })?;
         drop(theirs);
-        Ok((child, Link::Node(NodeLink::new(mine))))
+        Ok(Spawned {
+            child,
+            link: Link::Node(NodeLink::new(mine)),
+        })
     }
 }

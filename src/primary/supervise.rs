@@ -23,7 +23,7 @@ impl Primary {
         let slot = self.workers.slot_mut(i);
         slot.respawn_at = None;
         let id = slot.id;
-        let (child, link) = match self.config.spawner.spawn(id) {
+        let spawned = match self.config.spawner.spawn(id) {
             Ok(x) => x,
             Err(e) => {
                 let has_live = slot.current.is_some();
@@ -38,7 +38,9 @@ impl Primary {
                 return None;
             }
         };
-        let key = self.workers.insert(Proc::new(child, link, i));
+        let key = self
+            .workers
+            .insert(Proc::new(spawned.child, spawned.link, i));
         let registry = self.poll.registry();
         let p = self.workers.get_mut(key)?;
         let pid = p.pid;

@@ -42,7 +42,7 @@ impl Primary {
     pub(super) fn next_watch(&self) -> Option<Instant> {
         let busy = self.workers.procs().any(|(_, p)| {
             !p.channel_closed
-                && (p.link.unacked() > 0
+                && (p.link.outstanding() > 0
                     || !p.link.is_idle()
                     || p.watch.stalled_since.is_some()
                     || p.watch.unresponsive())

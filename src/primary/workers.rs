@@ -121,8 +121,13 @@ impl Proc {
             State::Starting => false,
         };
         let cooling = self.cool_until.is_some_and(|t| now < t) || self.watch.unresponsive();
-        (takes && !cooling && !self.channel_closed && self.link.unacked() < window)
-            .then_some(Load { open: self.open })
+        (takes && !cooling && !self.channel_closed && self.link.outstanding() < window).then(|| {
+            Load {
+                open: self.open,
+                idle: self.link.idle(),
+                waiting: self.link.waiting(),
+            }
+        })
     }
 }
 

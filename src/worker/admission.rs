@@ -33,8 +33,9 @@ impl ListenerIndex {
 #[derive(Debug)]
 pub struct Admission {
     listeners: Vec<TcpListener>,
-    /// Received while at the limit: not acked yet; taken as connections close.
-    held: VecDeque<(ConnId, TcpStream)>,
+    /// Received while at the limit: not acked yet (acked when taken, as connections close;
+    /// with whether the primary asked for an ack).
+    held: VecDeque<(ConnId, bool, TcpStream)>,
     /// Most connections served at once (`usize::MAX`: no limit).
     max: usize,
     /// Listeners are not being drained because the worker is at its limit.
@@ -67,16 +68,21 @@ impl Admission {
     }
 
     /// Holds a handed-over connection until there is room.
-    pub fn hold(&mut self, id: ConnId, stream: TcpStream) {
-        self.held.push_back((id, stream));
+    pub fn hold(&mut self, id: ConnId, wants_ack: bool, stream: TcpStream) {
+        self.held.push_back((id, wants_ack, stream));
     }
 
     /// The oldest held connection, if there is room for it (`open` served now).
-    pub fn unhold(&mut self, open: usize, draining: bool) -> Option<(ConnId, TcpStream)> {
+    pub fn unhold(&mut self, open: usize, draining: bool) -> Option<(ConnId, bool, TcpStream)> {
         if self.full(open) && !draining {
             return None;
         }
         self.held.pop_front()
+    }
+
+    /// Connections held.
+    pub fn held(&self) -> usize {
+        self.held.len()
     }
 
     /// True when connections are held.

@@ -2,13 +2,12 @@
 //! primary's recovery can be tested end to end. They are inherited from the primary's
 //! environment (the tests set them on `herd serve`).
 
-use std::os::fd::OwnedFd;
-
 use crate::event::WorkerId;
 
-/// Testing only: `N` or `ID:N`. From its Nth received connection on, the worker (or only worker
-/// `ID`) acks nothing more, and exits with status 86 once the connections it did ack are
-/// finished: a crash between receiving sockets and acking them, without collateral losses.
+/// Testing only: `N` or `ID:N`. Once it has taken N-1 connections, the worker (or only worker
+/// `ID`) reads nothing more from its channel, and exits with status 86 once the connections it
+/// took are finished and more wait unread: a crash with connections handed to it that it never
+/// took, without collateral losses.
 pub const ENV_FAULT_EXIT_AFTER: &str = "HERD_FAULT_EXIT_AFTER";
 /// Testing only: exit with status 3 at start, before coming online: `1` always, or a path (it
 /// starts with `/`) while that file exists, so a test can make only later replacements fail.
@@ -35,8 +34,8 @@ pub fn fail_start_if_asked() {
 pub struct Faults {
     exit_after: Option<u64>,
     received: u64,
-    /// Sockets received after the fault tripped: never acked, never served.
-    swallowed: Vec<OwnedFd>,
+    /// The channel was readable after the fault tripped: connections wait there unread.
+    left_unread: bool,
     /// Send one undecodable packet after coming online.
     pub garbage: bool,
 }
@@ -60,24 +59,28 @@ impl Faults {
         }
     }
 
-    /// Counts a received connection; keeps it (unacked, unserved) once the fault has tripped,
-    /// else gives it back.
-    pub fn screen(&mut self, fd: OwnedFd) -> Option<OwnedFd> {
-        self.received += 1;
-        if self.exit_after.is_some_and(|n| self.received >= n) {
-            self.swallowed.push(fd);
-            return None;
-        }
-        Some(fd)
+    /// Counts `n` received connections.
+    pub fn count(&mut self, n: usize) {
+        self.received += n as u64;
     }
 
-    /// Exits with status 86 once the fault has tripped and the worker has nothing else to do.
+    /// True once the worker must read nothing more from its channel.
+    pub fn tripped(&self) -> bool {
+        self.exit_after.is_some_and(|n| self.received + 1 >= n)
+    }
+
+    /// The channel is readable while tripped: something waits there unread.
+    pub fn left_unread(&mut self) {
+        self.left_unread = true;
+    }
+
+    /// Exits with status 86 once the fault has tripped, something waits unread, and the worker
+    /// has nothing else to do.
     pub fn exit_if_tripped(&self, idle: bool) {
-        if !self.swallowed.is_empty() && idle {
+        if self.tripped() && self.left_unread && idle {
             log::warn!(
-                "worker {} exiting on purpose with {} connections unacked ({ENV_FAULT_EXIT_AFTER})",
-                std::process::id(),
-                self.swallowed.len()
+                "worker {} exiting on purpose with connections unread ({ENV_FAULT_EXIT_AFTER})",
+                std::process::id()
             );
             std::process::exit(86);
         }

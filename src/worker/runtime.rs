@@ -1,7 +1,7 @@
 //! The worker's loop: reads the channel, takes and serves connections, acks, drains.
 
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
@@ -14,13 +14,19 @@ use super::preface::{self, HeaderRead, PrefaceKey, Prefaces};
 use super::table::{ConnKey, Entry, Table};
 use super::uplink::{self, Inbound, Uplink, CHANNEL};
 use super::{Connection, Context, Handler, Status, WorkerError};
-use crate::ipc::{Channel, ConnId, Delivery, ToPrimary, ToWorker, WorkerStats};
+use crate::ipc::{
+    Channel, ConnId, Delivery, StatusPage, ToPrimary, ToWorker, WorkerStats, MAX_CONN_BATCH,
+};
 use crate::signals::Signals;
 use crate::worker_env::WorkerEnv;
 
 const SIGNALS: Token = Token(1);
 /// How often idle connections are checked against their deadlines.
 const SWEEP_EVERY: Duration = Duration::from_millis(250);
+/// A worker whose newest received descriptor is this close to its limit says it is tight: the
+/// primary then keeps a copy of what it hands over until acked (the kernel would drop sockets
+/// that do not fit).
+const TIGHT_MARGIN: u64 = 2 * MAX_CONN_BATCH as u64;
 
 /// A running worker.
 pub struct Runtime<H: Handler> {
@@ -33,8 +39,9 @@ pub struct Runtime<H: Handler> {
     admission: Admission,
     /// Connections whose PROXY header is awaited (`None`: the cluster expects none).
     prefaces: Option<Prefaces>,
-    /// Taken in this turn, registered once their ack has left.
-    taken: Vec<TcpStream>,
+    /// Taken in this turn (and whether the primary may still hold a copy), registered once
+    /// their acks have left.
+    taken: Vec<(TcpStream, bool)>,
     /// Connections taken in total.
     connections: u64,
     faults: Faults,
@@ -46,6 +53,8 @@ pub struct Runtime<H: Handler> {
     leave_on_term: bool,
     /// Requests after which the primary is asked for a replacement (once; 0: never).
     recycle_after: u64,
+    /// What this worker publishes to the primary (busy or idle, connections read).
+    status: Option<StatusPage>,
 }
 
 impl<H: Handler> Runtime<H> {
@@ -62,6 +71,12 @@ impl<H: Handler> Runtime<H> {
             Interest::READABLE,
         )?;
         let now = Instant::now();
+        let status = env.status_fd.and_then(|fd| {
+            crate::sys::own_inherited_file(fd)
+                .and_then(|f| StatusPage::open(&f))
+                .map_err(|e| log::warn!("worker: no status page ({e})"))
+                .ok()
+        });
         Ok(Runtime {
             poll,
             signals,
@@ -79,6 +94,7 @@ impl<H: Handler> Runtime<H> {
             orphan_deadline: None,
             leave_on_term: env.leave_on_term,
             recycle_after: env.max_requests,
+            status,
         })
     }
 
@@ -93,7 +109,9 @@ impl<H: Handler> Runtime<H> {
         }
         let mut events = Events::with_capacity(1024);
         loop {
-            let timeout = if self.table.has_yielded() {
+            let room_for_held = self.admission.holds_any()
+                && (self.ctx.draining || !self.admission.full(self.open()));
+            let timeout = if self.table.has_yielded() || room_for_held {
                 Some(Duration::ZERO)
             } else if self.table.is_empty() && self.prefaces.as_ref().is_none_or(Prefaces::is_empty)
             {
@@ -108,7 +126,15 @@ impl<H: Handler> Runtime<H> {
                 }
                 None => timeout,
             };
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
+            let waits = timeout != Some(Duration::ZERO);
+            if let (Some(s), true) = (&self.status, waits) {
+                s.set_busy(false);
+            }
+            let polled = self.poll.poll(&mut events, timeout);
+            if let (Some(s), true) = (&self.status, waits) {
+                s.set_busy(true);
+            }
+            if let Err(e) = polled {
                 if e.kind() != io::ErrorKind::Interrupted {
                     return Err(e.into());
                 }
@@ -197,8 +223,8 @@ impl<H: Handler> Runtime<H> {
             self.orphaned();
         }
         if all_sent {
-            for stream in std::mem::take(&mut self.taken) {
-                self.add_conn(stream, true);
+            for (stream, copied) in std::mem::take(&mut self.taken) {
+                self.add_conn(stream, copied);
             }
         }
         self.faults.exit_if_tripped(self.open() == 0);
@@ -215,7 +241,14 @@ impl<H: Handler> Runtime<H> {
     }
 
     fn read_channel(&mut self) {
+        if self.faults.tripped() {
+            self.faults.left_unread();
+            return;
+        }
         loop {
+            if self.faults.tripped() {
+                return;
+            }
             match self.uplink.recv(self.poll.registry()) {
                 Inbound::Message(d) => self.on_message(d),
                 Inbound::Empty => return,
@@ -229,7 +262,8 @@ impl<H: Handler> Runtime<H> {
 
     fn on_message(&mut self, d: Delivery<ToWorker>) {
         match d.msg {
-            ToWorker::Conn { ids } => self.receive_all(ids, d.fds),
+            ToWorker::Conn { ids } => self.receive_all(ids, d.fds, true),
+            ToWorker::Give { ids } => self.receive_all(ids, d.fds, false),
             ToWorker::Listen => match d.fds.into_iter().next() {
                 Some(fd) if !self.ctx.draining => {
                     if self.admission.add_listener(fd, self.poll.registry()) {
@@ -252,10 +286,17 @@ impl<H: Handler> Runtime<H> {
         }
     }
 
-    /// Connections handed over in one packet. The kernel installs a packet's descriptors in
-    /// order and drops the rest when this process is out of them, so the ids past the sockets
-    /// that arrived are refused: the primary, which still holds them, hands them elsewhere.
-    fn receive_all(&mut self, ids: Vec<ConnId>, fds: Vec<OwnedFd>) {
+    /// Connections handed over in one packet (to ack, or given). The kernel installs a
+    /// packet's descriptors in order and drops the rest when this process is out of them, so
+    /// the ids past the sockets that arrived are refused: the primary, if it kept copies (it
+    /// does while this worker says it is tight), hands them elsewhere.
+    fn receive_all(&mut self, ids: Vec<ConnId>, fds: Vec<OwnedFd>, ack: bool) {
+        self.faults.count(ids.len());
+        let (count, newest) = (ids.len() as u64, fds.iter().map(|f| f.as_raw_fd()).max());
+        if let (Some(s), Some(newest)) = (&self.status, newest) {
+            let limit = crate::sys::descriptor_limit();
+            s.set_tight(u64::try_from(newest).unwrap_or(0) + TIGHT_MARGIN >= limit);
+        }
         if ids.len() > fds.len() {
             log::error!(
                 "worker {}: {} of {} connections arrived without their sockets (out of file \
@@ -268,35 +309,56 @@ impl<H: Handler> Runtime<H> {
         let mut fds = fds.into_iter();
         for id in ids {
             match fds.next() {
-                Some(fd) => self.receive(id, fd),
+                Some(fd) => self.receive(id, ack, fd),
                 None => self.uplink.refuse(id),
             }
         }
-    }
-
-    /// One connection handed over by the primary: serve it now, or hold it at capacity.
-    fn receive(&mut self, id: ConnId, fd: OwnedFd) {
-        let Some(fd) = self.faults.screen(fd) else {
-            return;
-        };
-        let stream = uplink::stream(fd);
-        if self.admission.full(self.open()) && !self.ctx.draining {
-            self.admission.hold(id, stream);
-        } else {
-            self.take(id, stream);
+        // Counted once held ones are published: the primary never sees them neither unread
+        // nor held.
+        if let Some(s) = &self.status {
+            s.add_received(count);
         }
     }
 
-    /// Takes a handed-over connection: ack it this turn, serve it once the ack has left.
-    fn take(&mut self, id: ConnId, stream: TcpStream) {
-        self.uplink.ack(id);
-        self.taken.push(stream);
+    /// One connection handed over by the primary (`ack`: it wants an ack): serve it now, or
+    /// hold it at capacity (published, so that the primary counts it as waiting).
+    fn receive(&mut self, id: ConnId, ack: bool, fd: OwnedFd) {
+        let stream = uplink::stream(fd);
+        if self.admission.full(self.open()) && !self.ctx.draining {
+            self.admission.hold(id, ack, stream);
+            self.publish_held();
+        } else {
+            self.take(id, ack, stream);
+        }
+    }
+
+    /// Takes a handed-over connection: ack it this turn if the primary wants an ack, serve it
+    /// once the ack has left.
+    fn take(&mut self, id: ConnId, ack: bool, stream: TcpStream) {
+        if ack {
+            self.uplink.ack(id);
+        }
+        self.taken.push((stream, ack));
+    }
+
+    fn publish_held(&self) {
+        if let Some(s) = &self.status {
+            s.set_held(self.admission.held() as u64);
+        }
     }
 
     /// Below the limit again: take held connections, resume accepting.
     fn refill(&mut self) {
-        while let Some((id, stream)) = self.admission.unhold(self.open(), self.ctx.draining) {
-            self.take(id, stream);
+        let mut took = false;
+        while let Some((id, ack, stream)) = self.admission.unhold(self.open(), self.ctx.draining) {
+            // Acked even if given: the ack wakes the primary, which may hold connections back
+            // for want of room here (the primary ignores the id).
+            self.uplink.ack(id);
+            self.taken.push((stream, ack));
+            took = true;
+        }
+        if took {
+            self.publish_held();
         }
         if self.admission.should_resume(self.open()) {
             for i in 0..self.admission.listener_count() {

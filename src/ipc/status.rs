@@ -1,0 +1,121 @@
+//! A worker's status page: a few numbers each herd worker publishes in a page of memory shared
+//! with the primary (a sealed `memfd` mapped by both, see [`crate::sys::SharedWords`]). The
+//! primary reads them with no syscall and no message:
+//!
+//! - whether the worker's loop is running (busy) or waiting for events (idle): flipped by the
+//!   worker around its event handling, so a worker in a 1 s request is busy at once, with an
+//!   empty channel;
+//! - how many connections it has read from its channel: with the count the primary sent, what
+//!   still waits for the worker, unread;
+//! - how many of those it holds unserved (at its `--max-connections`);
+//! - whether it is close to its descriptor limit (then the primary keeps a copy of each socket
+//!   it hands over until the worker acks it, see [`super::WorkerLink`]).
+//!
+//! The worker may write anything there: the primary treats the numbers as hints for the policy,
+//! never as a reason to trust or to index anything.
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::Ordering;
+
+use crate::sys::SharedWords;
+
+const BUSY: usize = 0;
+const RECEIVED: usize = 1;
+const TIGHT: usize = 2;
+const HELD: usize = 3;
+
+/// One worker's status page (either side).
+#[derive(Debug)]
+pub struct StatusPage {
+    words: SharedWords,
+}
+
+/// What the primary reads from a status page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Status {
+    /// Connections the worker has read from its channel, in total.
+    pub received: u64,
+    /// Its loop is handling events (not waiting in `epoll`).
+    pub busy: bool,
+    /// It is close to its descriptor limit.
+    pub tight: bool,
+    /// Connections it read and holds unserved, at its connection limit.
+    pub held: u64,
+}
+
+impl StatusPage {
+    /// Creates a page for a worker about to start (it counts as busy until its loop first
+    /// waits); returns the primary's mapping and the descriptor for the worker.
+    pub fn create() -> io::Result<(StatusPage, OwnedFd)> {
+        let (words, fd) = SharedWords::create(c"herd-worker-status")?;
+        let page = StatusPage { words };
+        page.set_busy(true);
+        Ok((page, fd))
+    }
+
+    /// Maps the page a primary passed to this worker.
+    pub fn open(fd: &OwnedFd) -> io::Result<StatusPage> {
+        Ok(StatusPage {
+            words: SharedWords::open(fd)?,
+        })
+    }
+
+    /// Reads the page. `received` is read first: a count that includes a connection implies the
+    /// worker was already busy with it when it read it.
+    pub fn read(&self) -> Status {
+        let w = self.words.words();
+        let received = w[RECEIVED].load(Ordering::Acquire);
+        Status {
+            received,
+            busy: w[BUSY].load(Ordering::Acquire) != 0,
+            tight: w[TIGHT].load(Ordering::Relaxed) != 0,
+            held: w[HELD].load(Ordering::Relaxed),
+        }
+    }
+
+    /// Worker: its loop starts (`true`) or stops (`false`) handling events.
+    pub fn set_busy(&self, busy: bool) {
+        self.words.words()[BUSY].store(u64::from(busy), Ordering::Release);
+    }
+
+    /// Worker: it has read `n` more connections from its channel.
+    pub fn add_received(&self, n: u64) {
+        self.words.words()[RECEIVED].fetch_add(n, Ordering::Release);
+    }
+
+    /// Worker: it holds `n` connections unserved.
+    pub fn set_held(&self, n: u64) {
+        self.words.words()[HELD].store(n, Ordering::Relaxed);
+    }
+
+    /// Worker: it is (or no longer is) close to its descriptor limit.
+    pub fn set_tight(&self, tight: bool) {
+        self.words.words()[TIGHT].store(u64::from(tight), Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_the_worker_writes_the_primary_reads() {
+        let (primary, fd) = StatusPage::create().unwrap();
+        assert!(primary.read().busy, "busy until the loop first waits");
+        let worker = StatusPage::open(&fd).unwrap();
+        worker.set_busy(false);
+        worker.add_received(3);
+        worker.set_tight(true);
+        worker.set_held(2);
+        assert_eq!(
+            primary.read(),
+            Status {
+                received: 3,
+                busy: false,
+                tight: true,
+                held: 2,
+            }
+        );
+    }
+}
