@@ -297,3 +297,60 @@ fn a_cluster_that_does_not_come_up_is_a_clear_error() {
     assert_eq!(out.status.code(), Some(1));
     assert_one_line_error(&out, "did not come up");
 }
+
+/// `--work` (issue 13): the mixed workload's costs, run with 2 and with 4 workers; each
+/// request's cost comes from the spec (a `/work` answer names the microseconds it burned).
+#[test]
+fn mixed_work_spec_runs_with_two_and_four_workers() {
+    for workers in ["2", "4"] {
+        let json = temp(&format!("work-{workers}.json"));
+        let out = bench(
+            &[
+                "--workload",
+                "mixed",
+                "--work",
+                "50:10us,50:100us",
+                "--workers",
+                workers,
+                "--policies",
+                "idle-first,shared",
+                "--duration",
+                "500ms",
+                "--warmup",
+                "0s",
+                "--connections",
+                "8",
+                "--json",
+                json.to_str().unwrap(),
+            ],
+            &[],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v = read_json(&json);
+        assert_eq!(v["work"], "50:10us,50:100us");
+        assert_eq!(v["workers"].as_u64(), Some(workers.parse().unwrap()));
+        let rs = results(&v);
+        assert_eq!(rs.len(), 2);
+        for r in rs {
+            check_clean(r);
+            assert_eq!(
+                r["per_worker"].as_array().map(Vec::len),
+                Some(workers.parse().unwrap())
+            );
+        }
+        let _ = std::fs::remove_file(json);
+    }
+}
+
+#[test]
+fn a_bad_work_spec_is_a_one_line_error() {
+    let out = bench(&["--work", "90:10us,9:200us"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_one_line_error(&out, "add up to 99, not 100");
+    assert_one_line_error(&bench(&["--work", "90:10"], &[]), "bad cost");
+    assert_one_line_error(&bench(&["--work", "lots"], &[]), "PERCENT:COST");
+}

@@ -28,15 +28,15 @@ use report::{Meta, PolicyResult};
 /// How long a cluster gets to stop after `SIGTERM` before it is killed.
 const STOP_LIMIT: Duration = Duration::from_secs(10);
 
-/// The request pattern of a run (the `mixed` costs are [`load::MIXED_COSTS`]).
+/// The request pattern of a run (the `mixed` costs are set by `--work`, [`load::WorkMix`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Workload {
     /// Every connection stays open and sends GET / (or --path) again and again
     Keepalive,
     /// A new TCP connection per request (Connection: close); latency timed from connect()
     Close,
-    /// A new connection per request to `/work?us=N`, heavy-tailed: 90% cost 10 us, 9% 200 us,
-    /// 1% 5 ms (seeded by --seed)
+    /// A new connection per request to `/work?us=N`, costs drawn from --work (default heavy-tailed:
+    /// 90% cost 10 us, 9% 200 us, 1% 5 ms; seeded by --seed)
     Mixed,
 }
 
@@ -71,7 +71,7 @@ pub struct BenchArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "round-robin,least-connections,shared,reuseport",
+        default_value = "round-robin,least-connections,shared,reuseport,idle-first",
         conflicts_with = "target"
     )]
     pub policies: Vec<Policy>,
@@ -114,6 +114,9 @@ pub struct BenchArgs {
     /// A request unanswered for this long counts as an error
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub timeout: Duration,
+    /// The mixed workload's costs: PERCENT:COST pairs adding up to 100
+    #[arg(long, value_name = "SPEC", default_value = load::DEFAULT_WORK)]
+    pub work: load::WorkMix,
     /// Seed of the mixed workload's cost sequence
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -216,6 +219,7 @@ impl BenchArgs {
             warmup: self.warmup,
             repeat: usize::from(self.repeat),
             target: self.target.clone(),
+            work: (self.workload == Workload::Mixed).then(|| self.work.to_string()),
         }
     }
 
@@ -227,6 +231,7 @@ impl BenchArgs {
             connections: self.connections as usize,
             threads: usize::from(self.threads),
             workload: self.workload,
+            work: self.work.clone(),
             warmup: self.warmup,
             duration: self.duration,
             timeout: self.timeout,

@@ -26,6 +26,8 @@ pub struct Meta {
     pub repeat: usize,
     /// The external server measured instead of a herd cluster, if any.
     pub target: Option<String>,
+    /// The `mixed` workload's costs (`--work`), when that is the workload.
+    pub work: Option<String>,
 }
 
 /// The measurements of one policy (the median run when repeated).
@@ -164,9 +166,12 @@ pub fn title(m: &Meta) -> String {
     } else {
         String::new()
     };
+    let workload = match &m.work {
+        Some(w) => format!("{} ({w})", m.workload),
+        None => m.workload.clone(),
+    };
     format!(
-        "herd bench: {} workload, {against}, {} connections, {} load thread{}, {} measured after {} warm-up{repeat}",
-        m.workload,
+        "herd bench: {workload} workload, {against}, {} connections, {} load thread{}, {} measured after {} warm-up{repeat}",
         m.connections,
         m.threads,
         if m.threads == 1 { "" } else { "s" },
@@ -334,7 +339,7 @@ fn json_result(r: &PolicyResult) -> String {
 pub fn json(meta: &Meta, results: &[PolicyResult]) -> String {
     let objects: Vec<String> = results.iter().map(json_result).collect();
     format!(
-        "{{\n  \"tool\": \"herd bench\",\n  \"workload\": {},\n  \"workers\": {},\n  \"connections\": {},\n  \"threads\": {},\n  \"duration_s\": {},\n  \"warmup_s\": {},\n  \"repeat\": {},\n  \"target\": {},\n  \"results\": [\n{}\n  ]\n}}\n",
+        "{{\n  \"tool\": \"herd bench\",\n  \"workload\": {},\n  \"workers\": {},\n  \"connections\": {},\n  \"threads\": {},\n  \"duration_s\": {},\n  \"warmup_s\": {},\n  \"repeat\": {},\n  \"target\": {},\n  \"work\": {},\n  \"results\": [\n{}\n  ]\n}}\n",
         json_str(&meta.workload),
         meta.workers,
         meta.connections,
@@ -343,6 +348,7 @@ pub fn json(meta: &Meta, results: &[PolicyResult]) -> String {
         json_f64(meta.warmup.as_secs_f64()),
         meta.repeat,
         meta.target.as_deref().map_or("null".into(), json_str),
+        meta.work.as_deref().map_or("null".into(), json_str),
         objects.join(",\n"),
     )
 }

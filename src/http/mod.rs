@@ -33,6 +33,7 @@ use mio::net::TcpStream;
 pub use conn::HttpConn;
 pub use request::{parse, Body, Head, Reject};
 pub use response::{reason, DateCache};
+pub use routes::MAX_WORK;
 pub use session::{Closing, Phase, Serving, Session};
 
 use crate::worker::{Context, Handler};

@@ -190,7 +190,11 @@ impl Loop<'_> {
         c.written = 0;
         let close = cfg.workload.new_connection_per_request();
         let _ = match cfg.workload {
-            Workload::Mixed => write!(c.out, "GET /work?us={} HTTP/1.1\r\n", self.rng.mixed_cost()),
+            Workload::Mixed => write!(
+                c.out,
+                "GET /work?us={} HTTP/1.1\r\n",
+                cfg.work.draw(&mut self.rng)
+            ),
             Workload::Keepalive | Workload::Close => write!(c.out, "GET {} HTTP/1.1\r\n", cfg.path),
         };
         let _ = write!(c.out, "Host: {}\r\n", cfg.host);

@@ -27,7 +27,7 @@ use hdrhistogram::{AdditionError, CreationError, Histogram};
 
 use super::Workload;
 use client::run_loop;
-pub use costs::{XorShift, MIXED_COSTS};
+pub use costs::{WorkMix, XorShift, DEFAULT_WORK};
 pub use framing::{pid_of, BadResponse, Parser, Response};
 
 /// Largest latency the histograms hold (larger values are clamped to it).
@@ -72,6 +72,8 @@ pub struct LoadConfig {
     pub threads: usize,
     /// Request pattern.
     pub workload: Workload,
+    /// The `/work` costs of the `mixed` workload.
+    pub work: WorkMix,
     /// Load before the measured window (nothing recorded).
     pub warmup: Duration,
     /// Measured window.
