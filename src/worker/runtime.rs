@@ -463,22 +463,34 @@ impl<H: Handler> Runtime<H> {
     fn serve(&mut self, stream: TcpStream, handed: bool, peer: Option<std::net::SocketAddr>) {
         self.ctx.peer = peer;
         let conn = self.handler.connect(stream, &mut self.ctx);
-        let key = self.table.insert(Entry { conn, handed, peer });
+        let key = self.table.insert(Entry {
+            conn,
+            handed,
+            peer,
+            registered: false,
+        });
         let Some(entry) = self.table.get_mut(key) else {
             return;
         };
-        if let Err(e) = self.poll.registry().register(
-            entry.conn.stream(),
-            key.token(),
-            Interest::READABLE | Interest::WRITABLE,
-        ) {
-            log::warn!("cannot register connection: {e}");
-            self.close(key);
-            return;
+        // The request is often already here (always, with TCP_DEFER_ACCEPT): serve it now,
+        // before registering. A connection that is done at once (a `Connection: close` request)
+        // then never costs the two epoll_ctl calls; one that stays is registered, and epoll
+        // reports at once what arrived meanwhile.
+        let status = entry.conn.ready(&mut self.ctx);
+        if status != Status::Close {
+            let registered = self.poll.registry().register(
+                entry.conn.stream(),
+                key.token(),
+                Interest::READABLE | Interest::WRITABLE,
+            );
+            if let Err(e) = registered {
+                log::warn!("cannot register connection: {e}");
+                self.close(key);
+                return;
+            }
+            entry.registered = true;
         }
-        // The request is often already here (always, with TCP_DEFER_ACCEPT): serve it now
-        // rather than after another trip through epoll.
-        self.conn_ready(key);
+        self.apply(key, status);
     }
 
     fn conn_ready(&mut self, key: ConnKey) {
@@ -501,7 +513,9 @@ impl<H: Handler> Runtime<H> {
 
     fn close(&mut self, key: ConnKey) {
         if let Some(mut entry) = self.table.remove(key) {
-            let _ = self.poll.registry().deregister(entry.conn.stream());
+            if entry.registered {
+                let _ = self.poll.registry().deregister(entry.conn.stream());
+            }
             if entry.handed {
                 // The primary may not have read our ack yet and still hold a copy: closing ours
                 // would then leave the FIN (and the teardown work) to it, later. Send it now.

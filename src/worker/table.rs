@@ -33,6 +33,8 @@ pub struct Entry<C> {
     pub handed: bool,
     /// The client address its PROXY protocol header named, if any.
     pub peer: Option<std::net::SocketAddr>,
+    /// Registered with the loop (a connection served and closed at once never is).
+    pub registered: bool,
 }
 
 /// Every connection the worker serves.
