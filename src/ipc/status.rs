@@ -8,6 +8,7 @@
 //! - how many connections it has read from its channel: with the count the primary sent, what
 //!   still waits for the worker, unread;
 //! - how many of those it holds unserved (at its `--max-connections`);
+//! - how many connections it serves now;
 //! - whether it is close to its descriptor limit (then the primary keeps a copy of each socket
 //!   it hands over until the worker acks it, see [`super::WorkerLink`]).
 //!
@@ -24,6 +25,7 @@ const BUSY: usize = 0;
 const RECEIVED: usize = 1;
 const TIGHT: usize = 2;
 const HELD: usize = 3;
+const OPEN: usize = 4;
 
 /// One worker's status page (either side).
 #[derive(Debug)]
@@ -42,6 +44,8 @@ pub struct Status {
     pub tight: bool,
     /// Connections it read and holds unserved, at its connection limit.
     pub held: u64,
+    /// Connections it serves now.
+    pub open: u64,
 }
 
 impl StatusPage {
@@ -71,6 +75,7 @@ impl StatusPage {
             busy: w[BUSY].load(Ordering::Acquire) != 0,
             tight: w[TIGHT].load(Ordering::Relaxed) != 0,
             held: w[HELD].load(Ordering::Relaxed),
+            open: w[OPEN].load(Ordering::Relaxed),
         }
     }
 
@@ -87,6 +92,11 @@ impl StatusPage {
     /// Worker: it holds `n` connections unserved.
     pub fn set_held(&self, n: u64) {
         self.words.words()[HELD].store(n, Ordering::Relaxed);
+    }
+
+    /// Worker: it serves `n` connections now.
+    pub fn set_open(&self, n: u64) {
+        self.words.words()[OPEN].store(n, Ordering::Relaxed);
     }
 
     /// Worker: it is (or no longer is) close to its descriptor limit.
@@ -108,6 +118,7 @@ mod tests {
         worker.add_received(3);
         worker.set_tight(true);
         worker.set_held(2);
+        worker.set_open(5);
         assert_eq!(
             primary.read(),
             Status {
@@ -115,6 +126,7 @@ mod tests {
                 busy: false,
                 tight: true,
                 held: 2,
+                open: 5,
             }
         );
     }

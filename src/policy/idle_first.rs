@@ -1,6 +1,9 @@
 //! `idle-first`: the next connection goes to a worker that is idle right now, in rotation among
 //! the idle ones; when none is, to the one with the fewest connections waiting for it (handed
-//! and not yet read), ties in rotation.
+//! and not yet read) plus the ones it serves, ties in rotation. Counting the ones it serves
+//! too keeps a worker that reads its channel quickly from collecting most of a burst of
+//! keep-alive connections (fewest waiting alone favours it every time), and still avoids a
+//! worker stuck in a long request (its connections do not finish).
 //!
 //! Idle means both: the worker's loop is waiting for events (not running a handler), and it has
 //! read everything the primary sent it. Herd's workers publish both in a page of memory shared
@@ -24,7 +27,11 @@ impl Balancer for IdleFirst {
         let live = || order.clone().filter_map(|i| workers[i].map(|l| (i, l)));
         let chosen = match live().find(|(_, l)| l.idle) {
             Some((i, _)) => i,
-            None => live().min_by_key(|(_, l)| l.waiting)?.0,
+            None => {
+                live()
+                    .min_by_key(|(_, l)| l.waiting.saturating_add(l.serving))?
+                    .0
+            }
         };
         self.next = chosen + 1;
         Some(chosen)
@@ -40,6 +47,7 @@ mod tests {
             open: 0,
             idle: true,
             waiting: 0,
+            serving: 0,
         })
     }
 
@@ -48,6 +56,7 @@ mod tests {
             open: 0,
             idle: false,
             waiting,
+            serving: 1,
         })
     }
 

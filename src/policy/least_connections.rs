@@ -35,6 +35,7 @@ mod tests {
             open,
             idle: true,
             waiting: 0,
+            serving: 0,
         })
     }
 

@@ -28,8 +28,10 @@ pub struct Load {
     pub open: u64,
     /// Its loop waits for events and it has read everything handed to it.
     pub idle: bool,
-    /// Connections handed to it that it has not read yet.
+    /// Connections handed to it that it has not read yet (or holds unserved).
     pub waiting: u64,
+    /// Connections it serves now, as it last published (else as the primary counts them).
+    pub serving: u64,
 }
 
 /// Chooses a worker for each connection the primary accepted.

@@ -29,6 +29,7 @@ mod tests {
             open: 0,
             idle: true,
             waiting: 0,
+            serving: 0,
         });
         let mut rr = RoundRobin::default();
         let picks: Vec<_> = (0..6).map(|_| rr.pick(&[l, l, l]).unwrap()).collect();

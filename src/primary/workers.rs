@@ -126,6 +126,7 @@ impl Proc {
                 open: self.open,
                 idle: self.link.idle(),
                 waiting: self.link.waiting(),
+                serving: self.link.status().map_or(self.open, |s| s.open),
             }
         })
     }

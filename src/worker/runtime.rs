@@ -341,6 +341,12 @@ impl<H: Handler> Runtime<H> {
         self.taken.push((stream, ack));
     }
 
+    fn publish_open(&self) {
+        if let Some(s) = &self.status {
+            s.set_open(self.table.len() as u64);
+        }
+    }
+
     fn publish_held(&self) {
         if let Some(s) = &self.status {
             s.set_held(self.admission.held() as u64);
@@ -453,9 +459,9 @@ impl<H: Handler> Runtime<H> {
         if registered {
             let _ = self.poll.registry().deregister(&mut w.stream);
         }
-        if w.handed {
-            let _ = w.stream.shutdown(std::net::Shutdown::Write);
-        }
+        // A FIN first: the client sees an orderly end, not the reset that closing a socket
+        // with unread bytes (a peeked partial header) sends.
+        let _ = w.stream.shutdown(std::net::Shutdown::Write);
         self.uplink.closed();
     }
 
@@ -469,6 +475,7 @@ impl<H: Handler> Runtime<H> {
             peer,
             registered: false,
         });
+        self.publish_open();
         let Some(entry) = self.table.get_mut(key) else {
             return;
         };
@@ -522,6 +529,7 @@ impl<H: Handler> Runtime<H> {
                 let _ = entry.conn.stream().shutdown(std::net::Shutdown::Write);
             }
             self.uplink.closed();
+            self.publish_open();
         }
     }
 
