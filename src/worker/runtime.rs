@@ -313,8 +313,9 @@ impl<H: Handler> Runtime<H> {
                 None => self.uplink.refuse(id),
             }
         }
-        // Counted once held ones are published: the primary never sees them neither unread
-        // nor held.
+        // Counted once the taken and held ones are published: the primary never sees them
+        // neither unread nor held nor served.
+        self.publish_open();
         if let Some(s) = &self.status {
             s.add_received(count);
         }
@@ -341,9 +342,11 @@ impl<H: Handler> Runtime<H> {
         self.taken.push((stream, ack));
     }
 
+    /// Publishes how many connections this worker serves, counting the ones taken this turn
+    /// and not started yet (they wait behind whatever this turn is busy with).
     fn publish_open(&self) {
         if let Some(s) = &self.status {
-            s.set_open(self.table.len() as u64);
+            s.set_open(self.open() as u64);
         }
     }
 
