@@ -31,6 +31,7 @@
 #![warn(missing_docs)]
 #![deny(unsafe_code)]
 
+pub mod activation;
 pub mod admin;
 #[cfg(feature = "cli")]
 pub mod bench;
@@ -41,8 +42,11 @@ pub mod ipc;
 pub mod latency;
 pub mod listen;
 pub mod metrics;
+pub mod notify;
+pub mod pidfile;
 pub mod policy;
 pub mod primary;
+pub mod privilege;
 pub mod procfs;
 pub mod proxy_protocol;
 pub mod signals;
@@ -71,6 +75,8 @@ pub const DEFAULT_HANDOFF_WINDOW: usize = 64;
 pub const DEFAULT_MAX_PENDING: usize = 4096;
 /// Default time a worker may leave its channel unread before it is marked unresponsive.
 pub const DEFAULT_WORKER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default time the new primary of an upgrade gets to have every worker online.
+pub const DEFAULT_UPGRADE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Default time a worker may take to come online (a Node worker: to listen) before it is
 /// reported.
@@ -136,6 +142,16 @@ pub struct Cluster {
     max_requests: (u64, u64),
     node: Option<primary::NodeCommand>,
     start_timeout: Duration,
+    service: Service,
+}
+
+/// Settings for running as a system service (issue 15).
+#[derive(Debug, Default)]
+struct Service {
+    user: Option<String>,
+    group: Option<String>,
+    pid_file: Option<std::path::PathBuf>,
+    upgrade_timeout: Option<Duration>,
 }
 
 impl Default for Cluster {
@@ -167,6 +183,7 @@ impl Cluster {
             max_requests: (0, 0),
             node: None,
             start_timeout: DEFAULT_START_TIMEOUT,
+            service: Service::default(),
         }
     }
 
@@ -329,6 +346,34 @@ impl Cluster {
         self
     }
 
+    /// Runs every process as `user` once the listeners are bound (bind port 80 as root, then
+    /// serve as `user`); its primary group unless [`Cluster::group`] names one. An unknown user
+    /// is an error before anything is bound.
+    pub fn user(mut self, user: impl Into<String>) -> Self {
+        self.service.user = Some(user.into());
+        self
+    }
+
+    /// The group to run as, with [`Cluster::user`].
+    pub fn group(mut self, group: impl Into<String>) -> Self {
+        self.service.group = Some(group.into());
+        self
+    }
+
+    /// Writes the primary's pid to `path` once it listens (a new primary rewrites it after an
+    /// upgrade) and removes it on exit.
+    pub fn pid_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.service.pid_file = Some(path.into());
+        self
+    }
+
+    /// How long the new primary of an upgrade (`SIGUSR1`, [`Control::upgrade`]) may take to
+    /// have every worker online before the old one gives up on it and keeps serving (30 s).
+    pub fn upgrade_timeout(mut self, d: Duration) -> Self {
+        self.service.upgrade_timeout = Some(d);
+        self
+    }
+
     /// Calls `hook` in the primary for every lifecycle event; it can send messages to workers,
     /// disconnect or kill them, or stop the cluster through [`Control`].
     ///
@@ -384,9 +429,9 @@ impl Cluster {
     /// `if (cluster.isPrimary) { ... } else { ... }`.
     ///
     /// Call it from `main` before starting other threads: the primary blocks the signals it
-    /// handles (`SIGINT`, `SIGTERM`, `SIGHUP`, `SIGUSR2`, `SIGCHLD`, and `SIGTTIN`/`SIGTTOU`,
-    /// which add or remove a worker) on this thread, and only
-    /// threads started afterwards inherit that.
+    /// handles (`SIGINT`, `SIGTERM`, `SIGHUP`, `SIGUSR1`, `SIGUSR2`, `SIGCHLD`, and
+    /// `SIGTTIN`/`SIGTTOU`, which add or remove a worker) on this thread, and only threads
+    /// started afterwards inherit that.
     pub fn events(mut self) -> Result<Events, Error> {
         let queue: Rc<RefCell<VecDeque<Event>>> = Rc::default();
         let sink = queue.clone();
@@ -409,9 +454,15 @@ impl Cluster {
         }
         let exe = std::env::current_exe()
             .map_err(|e| Error::Config(format!("cannot find own executable: {e}")))?;
-        let args = self
-            .args
-            .unwrap_or_else(|| std::env::args_os().skip(1).collect());
+        let primary_args: Vec<OsString> = std::env::args_os().skip(1).collect();
+        let args = self.args.unwrap_or_else(|| primary_args.clone());
+        let credentials = match (&self.service.user, &self.service.group) {
+            (Some(u), g) => {
+                Some(privilege::Credentials::resolve(u, g.as_deref()).map_err(PrimaryError::from)?)
+            }
+            (None, Some(_)) => return Err(Error::Config("a group needs a user (--user)".into())),
+            (None, None) => None,
+        };
         let spawner = primary::Spawner {
             exe,
             args,
@@ -439,6 +490,13 @@ impl Cluster {
             spawner,
             control: self.control,
             metrics: self.metrics,
+            credentials,
+            pid_file: self.service.pid_file,
+            primary_args,
+            upgrade_timeout: self
+                .service
+                .upgrade_timeout
+                .unwrap_or(DEFAULT_UPGRADE_TIMEOUT),
         };
         Ok((config, self.hook))
     }

@@ -164,6 +164,19 @@ struct ServeArgs {
     /// replaced at once
     #[arg(long, value_name = "J", default_value_t = 0)]
     max_requests_jitter: u64,
+    // Running as a service (issue 15).
+    /// Run every herd process as this user once the port is bound
+    #[arg(long, value_name = "NAME")]
+    user: Option<String>,
+    /// Run as this group (with --user; default: the user's primary group)
+    #[arg(long, value_name = "NAME")]
+    group: Option<String>,
+    /// Write the primary's pid here once it listens (rewritten after an upgrade, removed on exit)
+    #[arg(long, value_name = "PATH")]
+    pid_file: Option<std::path::PathBuf>,
+    /// Time the new primary of an upgrade (SIGUSR1) gets to have every worker online
+    #[arg(long, default_value = "30s", value_parser = positive_duration)]
+    upgrade_timeout: Duration,
 }
 
 impl ServeArgs {
@@ -210,6 +223,16 @@ fn cluster(args: &ServeArgs) -> Result<Cluster, String> {
     if let Some(n) = args.workers {
         cluster = cluster.workers(n as usize);
     }
+    if let Some(user) = &args.user {
+        cluster = cluster.user(user.clone());
+    }
+    if let Some(group) = &args.group {
+        cluster = cluster.group(group.clone());
+    }
+    if let Some(path) = &args.pid_file {
+        cluster = cluster.pid_file(path.clone());
+    }
+    cluster = cluster.upgrade_timeout(args.upgrade_timeout);
     Ok(cluster)
 }
 

@@ -126,6 +126,74 @@ pub fn descriptor_limit() -> u64 {
     getrlimit(Resource::RLIMIT_NOFILE).map_or(u64::MAX, |(soft, _)| soft)
 }
 
+/// Takes ownership of an inherited listening socket (socket activation, or a herd primary
+/// upgrading itself) after checking that the number is open and names a listening TCP socket;
+/// the answer says which check failed. The descriptor comes back close-on-exec and
+/// non-blocking, as a `TcpListener`.
+pub fn own_inherited_listener(fd: RawFd) -> io::Result<std::net::TcpListener> {
+    use nix::sys::socket::{
+        getsockname, getsockopt, sockopt, SockType, SockaddrLike, SockaddrStorage,
+    };
+    let bad = |why: &str| io::Error::new(io::ErrorKind::InvalidInput, format!("fd {fd} {why}"));
+    if fd < 0 {
+        return Err(bad("is negative"));
+    }
+    // SAFETY: F_GETFD only reads the descriptor flags; it fails with EBADF on a closed number.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+        return Err(bad("is not open"));
+    }
+    // SAFETY: the number is open (checked above) and stays open for the checks below, which
+    // only read its properties through this borrow.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    let stat = nix::sys::stat::fstat(fd).map_err(io::Error::from)?;
+    if stat.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return Err(bad("is not a socket"));
+    }
+    if getsockopt(&borrowed, sockopt::SockType).map_err(io::Error::from)? != SockType::Stream {
+        return Err(bad("is not a stream (TCP) socket"));
+    }
+    let addr: SockaddrStorage = getsockname(fd).map_err(io::Error::from)?;
+    if addr.as_sockaddr_in().is_none() && addr.as_sockaddr_in6().is_none() {
+        let family = addr
+            .family()
+            .map_or("unknown".to_string(), |f| format!("{f:?}"));
+        return Err(bad(&format!(
+            "is not a TCP socket (address family {family})"
+        )));
+    }
+    if !getsockopt(&borrowed, sockopt::AcceptConn).map_err(io::Error::from)? {
+        return Err(bad("is a TCP socket that is not listening"));
+    }
+    // SAFETY: the descriptor is open and a listening TCP socket (checked), it was passed to
+    // this process to listen on, and the caller takes it exactly once.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let listener = std::net::TcpListener::from(owned);
+    listener.set_nonblocking(true)?;
+    nix::fcntl::fcntl(
+        fd,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )
+    .map_err(io::Error::from)?;
+    Ok(listener)
+}
+
+/// Makes every descriptor of `fds` survive the `exec` of `cmd`'s child (close-on-exec cleared
+/// in the child only).
+pub fn keep_all_open_across_exec(cmd: &mut Command, fds: Vec<RawFd>) {
+    // SAFETY: between fork and exec the closure calls only fcntl, which is async-signal-safe,
+    // and reads a vector allocated before the fork (no allocation happens in the child).
+    unsafe {
+        cmd.pre_exec(move || {
+            for &fd in &fds {
+                if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
 /// `TCP_DEFER_ACCEPT` (not wrapped by `nix`): report a connection as acceptable only once the
 /// client has sent data, waiting at most about `seconds`.
 pub fn set_defer_accept(listener: BorrowedFd<'_>, seconds: i32) -> io::Result<()> {
@@ -363,5 +431,31 @@ mod tests {
         assert!(nix::unistd::ftruncate(&fd, 0).is_err(), "sealed");
         let (small, _) = UnixStream::pair().unwrap();
         assert!(SharedWords::open(&OwnedFd::from(small)).is_err());
+    }
+
+    #[test]
+    fn inherited_listener_is_checked() {
+        use std::os::fd::IntoRawFd;
+        let e = own_inherited_listener(987_654).unwrap_err().to_string();
+        assert!(e.contains("not open"), "{e}");
+        let (a, _b) = UnixStream::pair().unwrap();
+        let e = own_inherited_listener(a.as_raw_fd())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a stream") || e.contains("not a TCP"), "{e}");
+        let file = std::fs::File::open("/dev/null").unwrap();
+        let e = own_inherited_listener(file.as_raw_fd())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a socket"), "{e}");
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let e = own_inherited_listener(c.as_raw_fd())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not listening"), "{e}");
+        let raw = l.into_raw_fd();
+        let l = own_inherited_listener(raw).unwrap();
+        assert!(l.local_addr().is_ok());
     }
 }

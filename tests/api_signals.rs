@@ -10,10 +10,11 @@ use herd::Cluster;
 use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow, Signal};
 
 /// The signals the primary handles.
-const HANDLED: [Signal; 5] = [
+const HANDLED: [Signal; 6] = [
     Signal::SIGINT,
     Signal::SIGTERM,
     Signal::SIGHUP,
+    Signal::SIGUSR1,
     Signal::SIGUSR2,
     Signal::SIGCHLD,
 ];

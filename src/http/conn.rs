@@ -19,6 +19,12 @@ const STEP_BUDGET: usize = 64;
 const LINGER: Duration = Duration::from_secs(2);
 /// How long a response may wait for a reader that takes nothing at all.
 const SEND_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a served keep-alive connection that is idle when its worker starts to drain waits
+/// for one more request (answered with `Connection: close`) before it is closed. Closing it at
+/// once races a client that is sending its next request right then (it would see a reset, and
+/// a load generator counts a failed request); this is what lets a reload or an upgrade of the
+/// primary fail no keep-alive request.
+const DRAIN_IDLE_GRACE: Duration = Duration::from_secs(1);
 /// Most bytes discarded per readiness event while lingering (the rest waits for the next
 /// event or the deadline), so one fast sender cannot hold the loop.
 const LINGER_READ_BUDGET: usize = 256 * 1024;
@@ -45,6 +51,8 @@ pub struct HttpConn {
     /// When the first byte of the request being answered was read (its latency runs from
     /// here to its answer).
     request_since: Option<Instant>,
+    /// Idle when the drain began: closed at this time unless a request comes first.
+    drain_idle_until: Option<Instant>,
 }
 
 /// What one step of the connection found.
@@ -72,6 +80,7 @@ impl HttpConn {
             read_some: false,
             wrote_some: false,
             request_since: None,
+            drain_idle_until: None,
         }
     }
 
@@ -243,8 +252,12 @@ impl Connection for HttpConn {
             Phase::Body => self.body_since.checked_add(limits.body_timeout),
             Phase::Idle | Phase::Head | Phase::Output => None,
         };
+        let drain_idle = match self.phase {
+            Phase::Idle => self.drain_idle_until,
+            Phase::Head | Phase::Body | Phase::Output => None,
+        };
         // A timeout too far off for an `Instant` is no timeout (not a panic).
-        [self.since.checked_add(limit), whole_body]
+        [self.since.checked_add(limit), whole_body, drain_idle]
             .into_iter()
             .flatten()
             .min()
@@ -270,8 +283,12 @@ impl Connection for HttpConn {
             return Status::Close;
         }
         match self.phase {
-            // An idle keep-alive connection that has been served: close it.
-            Phase::Idle if self.session.requests() > 0 => Status::Close,
+            // An idle keep-alive connection that has been served: its next request may be on
+            // its way. Answer it (with `Connection: close`) if it comes soon, else close.
+            Phase::Idle if self.session.requests() > 0 => {
+                self.drain_idle_until = Some(ctx.now() + DRAIN_IDLE_GRACE);
+                Status::Open
+            }
             // A fresh connection handed to us before the drain began has yet to send its first
             // request; or a request is arriving. Answer it, with `Connection: close`.
             Phase::Idle | Phase::Head | Phase::Body => Status::Open,

@@ -26,6 +26,8 @@ const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 pub struct Acceptor {
     listener: Option<TcpListener>,
     paused: bool,
+    /// Not accepting until told (a primary started by an upgrade, until the old one hands over).
+    held: bool,
     /// After an accept error (EMFILE, ENOBUFS, ...): do not try again before this.
     retry_at: Option<Instant>,
     pending: VecDeque<(ConnId, OwnedFd)>,
@@ -48,6 +50,7 @@ impl Acceptor {
         Ok(Acceptor {
             listener,
             paused: false,
+            held: false,
             retry_at: None,
             pending: VecDeque::new(),
             next_id: 0,
@@ -57,6 +60,9 @@ impl Acceptor {
 
     /// Accepts until the kernel's queue is empty or the pending queue is full (then pauses).
     pub fn accept(&mut self, registry: &Registry) {
+        if self.held {
+            return;
+        }
         while self.pending.len() < self.max_pending {
             let Some(l) = self.listener.as_ref() else {
                 return;
@@ -138,7 +144,7 @@ impl Acceptor {
     /// which for a limit of 1 means empty) and no accept error is resting it.
     pub fn maybe_resume(&mut self, registry: &Registry) {
         let room = self.pending.len() <= self.max_pending / 2;
-        if !self.paused || self.retry_at.is_some() || !room {
+        if !self.paused || self.held || self.retry_at.is_some() || !room {
             return;
         }
         if let Some(l) = self.listener.as_mut() {
@@ -146,6 +152,35 @@ impl Acceptor {
             match registry.register(l, LISTENER, Interest::READABLE) {
                 Ok(()) => self.paused = false,
                 Err(e) => log::error!("cannot resume listener: {e}"),
+            }
+        }
+    }
+
+    /// Stops accepting until [`Acceptor::unhold`] (the kernel's queue keeps what comes).
+    pub fn hold(&mut self, registry: &Registry) {
+        self.pause(registry);
+        self.held = true;
+    }
+
+    /// Accepts again after [`Acceptor::hold`].
+    pub fn unhold(&mut self, registry: &Registry) {
+        self.held = false;
+        self.maybe_resume(registry);
+    }
+
+    /// The listening socket's descriptor, while there is one.
+    pub fn listener_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        self.listener.as_ref().map(|l| l.as_raw_fd())
+    }
+
+    /// Stops accepting and closes this process's copy of the listener without taking what the
+    /// kernel queued: another process (an upgrade's new primary) holds the same socket and
+    /// accepts it.
+    pub fn let_go(&mut self, registry: &Registry) {
+        if let Some(mut l) = self.listener.take() {
+            if !self.paused {
+                let _ = registry.deregister(&mut l);
             }
         }
     }

@@ -19,6 +19,7 @@ enum Command {
     Disconnect(WorkerId),
     Kill(WorkerId, Signal),
     Shutdown,
+    Upgrade,
 }
 
 /// Commands an event hook gives the primary, and a view of the workers as of the event.
@@ -86,6 +87,13 @@ impl Control {
     /// while the cluster is stopping changes nothing.
     pub fn shutdown(&mut self) {
         self.commands.push(Command::Shutdown);
+    }
+
+    /// Replaces the primary itself with a fresh start of its binary, as `SIGUSR1` does: the new
+    /// primary inherits the listening sockets, and once its workers are online this one hands
+    /// over and drains; if it does not come up, this one keeps serving (and logs why).
+    pub fn upgrade(&mut self) {
+        self.commands.push(Command::Upgrade);
     }
 
     /// Every worker slot, in id order, as of the current event.
@@ -200,6 +208,7 @@ impl Primary {
                     self.begin_shutdown();
                 }
             }
+            Command::Upgrade => self.begin_upgrade(),
         }
     }
 }

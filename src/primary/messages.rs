@@ -123,7 +123,7 @@ impl Primary {
             return;
         }
         self.phase.announced = true;
-        log::info!("listening on http://{}", self.local_addr);
+        self.announce();
     }
 
     /// Sends what waits for worker `key`; a failure means its channel is gone.

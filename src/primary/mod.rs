@@ -9,6 +9,8 @@
 //! - `messages`: what workers say on their channels, and what is sent to them;
 //! - `supervise`: spawning, reaping, restarting with backoff, disconnecting, shutdown;
 //! - `reload`: the rolling reload on `SIGHUP`;
+//! - `upgrade`: replacing the primary itself on `SIGUSR1`;
+//! - `service`: the pid file and service-manager notifications;
 //! - `watchdog`: workers that leave their channel unread (`--worker-timeout`);
 //! - `report`: the statistics table (`SIGUSR2`, and at exit);
 //! - `control`: what user code asks through [`Control`], and the events it is told;
@@ -30,8 +32,10 @@ mod operate;
 mod reload;
 mod report;
 mod scale;
+mod service;
 mod spawn;
 mod supervise;
+mod upgrade;
 mod watchdog;
 mod workers;
 
@@ -43,8 +47,12 @@ use mio::unix::SourceFd;
 use mio::{Interest, Poll, Token};
 use nix::sys::signal::Signal;
 
-use crate::listen::{self, ListenError};
+use crate::activation::InheritError;
+use crate::listen::ListenError;
+use crate::notify::Notifier;
+use crate::pidfile::PidFileError;
 use crate::policy::{Balancer, Load, Policy};
+use crate::privilege::{Credentials, PrivilegeError};
 use crate::signals::Signals;
 use accept::{Acceptor, LISTENER};
 pub use control::{Control, EventHook};
@@ -85,6 +93,14 @@ pub struct Config {
     pub metrics: Option<SocketAddr>,
     /// A worker not online this long after it started is reported (once).
     pub start_timeout: Duration,
+    /// Run as this user (and group) once the listeners are bound.
+    pub credentials: Option<Credentials>,
+    /// Where to write the primary's pid once it listens.
+    pub pid_file: Option<std::path::PathBuf>,
+    /// The primary's own arguments, for the new primary an upgrade starts.
+    pub primary_args: Vec<std::ffi::OsString>,
+    /// How long the new primary of an upgrade may take to have every worker online.
+    pub upgrade_timeout: Duration,
 }
 
 /// Why the primary could not run.
@@ -102,6 +118,15 @@ pub enum PrimaryError {
     /// The metrics endpoint could not be opened.
     #[error(transparent)]
     Metrics(#[from] crate::metrics::endpoint::MetricsError),
+    /// Inherited listening sockets (socket activation, upgrade) cannot be used.
+    #[error(transparent)]
+    Inherit(#[from] InheritError),
+    /// The user or group to run as cannot be used.
+    #[error(transparent)]
+    Privilege(#[from] PrivilegeError),
+    /// The pid file cannot be written.
+    #[error(transparent)]
+    PidFile(#[from] PidFileError),
 }
 
 /// Where the cluster is in its life, beyond the workers themselves.
@@ -123,6 +148,14 @@ struct Phase {
     watching_reads: bool,
     /// When to look again at workers whose page lags behind what they read.
     room_retry: Option<Instant>,
+    /// An upgrade of the primary in progress (this is the old primary).
+    upgrade: Option<upgrade::Upgrade>,
+    /// This primary handed the service to a new one and is draining.
+    handed_over: bool,
+    /// The new primary, once it took over (a child of this process until it exits).
+    successor: Option<std::process::Child>,
+    /// Connections accepted at the last status line, and when.
+    last_rate: Option<(u64, Instant)>,
 }
 
 /// The primary process's state.
@@ -150,30 +183,38 @@ pub struct Primary {
     /// Blocks the handled signals while the primary runs; `None` once it has finished, which
     /// restores the thread's previous mask.
     signals: Option<Signals>,
+    /// Service-manager notifications (`NOTIFY_SOCKET`).
+    notifier: Notifier,
+    /// Set when this primary was started by an upgrade: the link to the one it replaces.
+    predecessor: Option<upgrade::Predecessor>,
 }
 
 impl Primary {
-    /// Binds the listener(s) and prepares the loop; no worker is started yet. Binding comes
-    /// first: a port in use fails before anything about the process (its signal mask) changes.
+    /// Binds the listener(s) (or takes inherited ones), drops privileges if asked, and prepares
+    /// the loop; no worker is started yet. Binding comes first: a port in use fails before
+    /// anything about the process (its signal mask) changes.
     pub fn new(mut config: Config, hook: Option<EventHook>) -> Result<Primary, PrimaryError> {
-        let bound = listen::bind(
-            config.policy.listener_plan(),
-            config.addr,
-            config.workers,
-            config.defer_accept,
-        )?;
+        let (bound, link) = service::listeners(&config)?;
         if config.spawner.node.is_some() {
             // Node apps find their port in PORT (herd's, the real one when 0 was asked for).
             let port = bound.local_addr.port().to_string();
             config.spawner.env.push(("PORT".into(), port.into()));
         }
         let poll = Poll::new()?;
-        let acceptor = Acceptor::new(bound.accept, config.max_pending, poll.registry())?;
+        let mut acceptor = Acceptor::new(bound.accept, config.max_pending, poll.registry())?;
+        let predecessor = match link {
+            Some(link) => {
+                acceptor.hold(poll.registry());
+                Some(upgrade::Predecessor::new(link, poll.registry())?)
+            }
+            None => None,
+        };
         crate::sys::ignore_sigpipe();
         let signals = Signals::new(&[
             Signal::SIGINT,
             Signal::SIGTERM,
             Signal::SIGHUP,
+            Signal::SIGUSR1,
             Signal::SIGUSR2,
             Signal::SIGCHLD,
             Signal::SIGTTIN,
@@ -204,6 +245,14 @@ impl Primary {
             admin: operate::Admin::default(),
             node: node::Servers::default(),
             signals: Some(signals),
+            notifier: {
+                let mut n = Notifier::from_env();
+                if predecessor.is_some() {
+                    n.quiet_until_ready();
+                }
+                n
+            },
+            predecessor,
             config,
         };
         primary.open_admin()?;
@@ -257,6 +306,8 @@ impl Primary {
                 LISTENER => self.acceptor.accept(self.poll.registry()),
                 SIGNALS => self.on_signals(),
                 token if self.admin_owns(token) => self.on_admin(token),
+                upgrade::SUCCESSOR => self.read_successor(),
+                upgrade::PREDECESSOR => self.read_predecessor(),
                 token if adopt::slot_of(token, self.workers.slots().len()).is_some() => {
                     if let Some(i) = adopt::slot_of(token, self.workers.slots().len()) {
                         self.accept_adopted(i);
@@ -299,6 +350,7 @@ impl Primary {
         log::info!("{}", report::table(&self.workers, self.config.policy));
         log::info!("primary {} exiting", std::process::id());
         self.close_admin();
+        self.remove_pid_file();
         self.signals = None;
     }
 
@@ -315,6 +367,8 @@ impl Primary {
             .chain(reload)
             .chain(self.admin_timer())
             .chain(self.next_start_check())
+            .chain(self.phase.upgrade.as_ref().map(|u| u.deadline()))
+            .chain(self.notifier.next_due())
             .chain(self.acceptor.retry_at())
             .chain(self.phase.room_retry)
             .min()
@@ -337,6 +391,8 @@ impl Primary {
         self.step_reload(now);
         self.leave_due(now);
         self.report_slow_starts(now);
+        self.watch_upgrade(now);
+        self.service_tick(now);
         self.watch(now);
         if self.phase.stats_wanted.is_some_and(|t| t <= now) {
             self.print_report();
@@ -354,9 +410,13 @@ impl Primary {
         };
         for sig in pending {
             match sig {
-                Signal::SIGCHLD => self.reap(),
+                Signal::SIGCHLD => {
+                    self.reap();
+                    self.watch_upgrade(Instant::now());
+                }
                 Signal::SIGINT | Signal::SIGTERM => self.stop_signal(),
                 Signal::SIGHUP => self.begin_reload(),
+                Signal::SIGUSR1 => self.begin_upgrade(),
                 Signal::SIGUSR2 => self.request_stats(),
                 Signal::SIGTTIN => self.scale_by_signal(crate::admin::Scale::Up(1)),
                 Signal::SIGTTOU => self.scale_by_signal(crate::admin::Scale::Down(1)),

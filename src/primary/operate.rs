@@ -160,6 +160,7 @@ impl Primary {
 
     /// The running reload ended (or was abandoned): answers whoever waits for it.
     pub(super) fn reload_finished(&mut self, outcome: Result<String, String>) {
+        self.ready_again();
         for client in std::mem::take(&mut self.admin.reload_waiters) {
             self.answer(client, outcome.clone());
         }

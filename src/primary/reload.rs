@@ -50,9 +50,11 @@ impl Primary {
                 }
             }
             log::info!("reloading {} workers one at a time", self.workers.active());
+            self.notifier.reloading();
             return;
         }
         log::info!("reloading {} workers one at a time", self.workers.active());
+        self.notifier.reloading();
         self.phase.reload = Some(Reload {
             todo: all.into(),
             current: None,

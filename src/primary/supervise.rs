@@ -215,10 +215,12 @@ impl Primary {
             self.kill_all("asked twice to stop");
             return;
         }
+        self.abandon_upgrade("the primary is stopping");
         log::info!(
             "shutting down: draining workers (timeout {:?})",
             self.config.shutdown_timeout
         );
+        self.notify_stopping();
         self.phase.shutdown_deadline = Some(crate::deadline_after(self.config.shutdown_timeout));
         if self.phase.reload.take().is_some() {
             self.reload_finished(Err("the server is shutting down".into()));

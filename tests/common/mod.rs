@@ -8,6 +8,7 @@ mod example;
 mod http;
 mod load;
 mod node;
+mod scratch;
 mod server;
 
 // Each test file (`mod common; use common::*;`) uses some of these, none uses all of them.
@@ -18,6 +19,7 @@ pub use {
     http::*,
     load::*,
     node::*,
+    scratch::*,
     server::*,
 };
 

@@ -163,6 +163,13 @@ impl Launch {
         self
     }
 
+    /// These arguments instead of the ones so far (for a wrapper such as
+    /// `systemd-socket-activate`, or a `herd serve` on a port of the test's choosing).
+    pub fn replace_args(mut self, args: &[&str]) -> Launch {
+        self.args = args.iter().map(|a| a.to_string()).collect();
+        self
+    }
+
     /// An environment variable (a later one with the same key wins).
     pub fn env(mut self, key: &str, value: &str) -> Launch {
         self.env.push((key.to_string(), value.to_string()));
