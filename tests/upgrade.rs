@@ -482,3 +482,60 @@ fn stopping_during_an_upgrade_stops_the_new_primary_too() {
         "the old primary removed its pid file"
     );
 }
+
+/// Runs the herd client with `args`; returns (success, stdout + stderr).
+fn client(args: &[&str]) -> (bool, String) {
+    let mut child = Command::new(herd_bin())
+        .args(args)
+        .env_remove("PORT")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the herd client");
+    let status = poll(DEADLINE * 2, || child.try_wait().ok().flatten());
+    if status.is_none() {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().expect("client output");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (status.is_some_and(|s| s.success()), text)
+}
+
+#[test]
+fn herd_upgrade_on_the_control_socket_waits_for_the_outcome() {
+    let s = Scratch::new("control");
+    let mut server = s.start(&[]);
+    let old = server.pid();
+    let port = server.port.to_string();
+    let (ok, out) = client(&["upgrade", "--port", &port]);
+    assert!(ok, "{out}");
+    let new = s.primary().expect("pid file");
+    assert_ne!(new, old);
+    assert!(
+        out.contains(&format!("upgraded: primary {new} took over from {old}")),
+        "{out}"
+    );
+    // The new primary answers on the control socket now.
+    let (ok, status) = client(&["status", "--port", &port, "--json"]);
+    assert!(ok, "{status}");
+    assert!(
+        status.contains(&format!("\"primary_pid\":{new}")),
+        "{status}"
+    );
+    assert!(server.wait_exit(DEADLINE).success());
+    // A broken binary: the client hears why, and the primary keeps serving.
+    s.replace_bin(|to| std::fs::write(to, "#!/bin/sh\nexit 1\n").expect("write"));
+    let (ok, out) = client(&["upgrade", "--port", &port]);
+    assert!(!ok && out.contains("upgrade failed"), "{out}");
+    assert_eq!(s.primary(), Some(new));
+    assert!(get(server.addr(), "/").is_ok());
+    send_signal(new, Signal::SIGTERM).expect("stop");
+    wait_for("the new primary to exit", DEADLINE, || {
+        (!alive(new)).then_some(())
+    });
+}

@@ -61,6 +61,13 @@ pub enum AdminCommand {
         #[command(flatten)]
         target: Target,
     },
+    /// Replace the primary itself with a fresh start of its binary, dropping no connection
+    /// (as SIGUSR1); waits until the new primary took over or the upgrade failed
+    Upgrade {
+        /// Which server.
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
 impl clap::builder::ValueParserFactory for Scale {
@@ -78,6 +85,7 @@ pub fn run(cmd: AdminCommand) -> Result<String, ClientError> {
         AdminCommand::Reload { target } => (target, Request::Reload, false),
         AdminCommand::Scale { count, target } => (target, Request::Scale(count), false),
         AdminCommand::Stop { target } => (target, Request::Stop, false),
+        AdminCommand::Upgrade { target } => (target, Request::Upgrade, false),
     };
     let path = target.path();
     let out = client::run(&path, request, json)?;

@@ -99,6 +99,9 @@ pub enum Request {
     Scale(Scale),
     /// Graceful shutdown; the answer comes as the primary exits.
     Stop,
+    /// Replace the primary itself (as `SIGUSR1`); answered once the new one took over or the
+    /// upgrade failed.
+    Upgrade,
 }
 
 impl Request {
@@ -109,12 +112,15 @@ impl Request {
             (Some("status"), None) => Request::Status,
             (Some("reload"), None) => Request::Reload,
             (Some("stop"), None) => Request::Stop,
+            (Some("upgrade"), None) => Request::Upgrade,
             (Some("scale"), Some(n)) => Request::Scale(n.parse()?),
             (Some("scale"), None) => return Err("scale needs a count: N, +K or -K".into()),
-            (Some(w), _) if ["status", "reload", "stop"].contains(&w) => {
+            (Some(w), _) if ["status", "reload", "stop", "upgrade"].contains(&w) => {
                 return Err(format!("{w} takes no argument"))
             }
-            (Some(_), _) => return Err("unknown command (status, reload, scale, stop)".into()),
+            (Some(_), _) => {
+                return Err("unknown command (status, reload, scale, stop, upgrade)".into())
+            }
             (None, _) => return Err("empty request".into()),
         };
         if words.next().is_some() {
@@ -130,6 +136,7 @@ impl Request {
             Request::Reload => "reload".into(),
             Request::Scale(s) => format!("scale {s}"),
             Request::Stop => "stop".into(),
+            Request::Upgrade => "upgrade".into(),
         }
     }
 }

@@ -255,7 +255,11 @@ impl Primary {
             predecessor,
             config,
         };
-        primary.open_admin()?;
+        // A new primary of an upgrade opens its control socket and metrics endpoint when it
+        // takes over: until then the old primary has them.
+        if primary.predecessor.is_none() {
+            primary.open_admin()?;
+        }
         Ok(primary)
     }
 

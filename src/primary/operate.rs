@@ -112,7 +112,7 @@ impl Primary {
         }
     }
 
-    fn answer(&mut self, client: ConnId, reply: Result<String, String>) {
+    pub(super) fn answer(&mut self, client: ConnId, reply: Result<String, String>) {
         if let Some(c) = self.admin.control.as_mut() {
             c.answer(client, reply, self.poll.registry());
         }
@@ -141,6 +141,7 @@ impl Primary {
                 let reply = self.scale(s);
                 self.answer(client, reply);
             }
+            Request::Upgrade => self.upgrade_requested(client),
             Request::Stop => {
                 let pid = std::process::id();
                 if let Some(c) = self.admin.control.as_mut() {

@@ -22,6 +22,7 @@ use mio::{Interest, Token};
 
 use super::Primary;
 use crate::activation::{UPGRADE_CHANNEL_FD, UPGRADE_LISTEN_FDS};
+use crate::admin::conns::ConnId;
 use crate::ipc::Channel;
 
 /// The old primary's link to the new one (tokens far from the workers', which count up from 2,
@@ -42,6 +43,8 @@ pub(super) struct Upgrade {
     child: Child,
     link: Channel,
     deadline: Instant,
+    /// Control clients (`herd upgrade`) waiting for the outcome.
+    waiters: Vec<ConnId>,
 }
 
 impl Upgrade {
@@ -141,7 +144,23 @@ impl Primary {
             child,
             link: mine,
             deadline: crate::deadline_after(self.config.upgrade_timeout),
+            waiters: Vec::new(),
         })
+    }
+
+    /// `herd upgrade` on the control socket: starts an upgrade (or joins the one running) and
+    /// answers once it is over.
+    pub(super) fn upgrade_requested(&mut self, client: ConnId) {
+        if self.phase.upgrade.is_none() {
+            self.begin_upgrade();
+        }
+        match self.phase.upgrade.as_mut() {
+            Some(u) => u.waiters.push(client),
+            None => self.answer(
+                client,
+                Err("the upgrade did not start (the server's log says why)".into()),
+            ),
+        }
     }
 
     /// The new primary said something (or went away).
@@ -191,6 +210,10 @@ impl Primary {
     }
 
     fn upgrade_failed(&mut self, why: &str) {
+        let waiters = self.upgrade_waiters();
+        for client in waiters {
+            self.answer(client, Err(format!("upgrade failed: {why}")));
+        }
         if self.stop_successor() {
             log::error!(
                 "upgrade failed: {why}; primary {} keeps serving",
@@ -204,9 +227,21 @@ impl Primary {
     /// Gives up on an upgrade in progress because this primary is stopping or leaving: the
     /// new primary is stopped, and this one goes on as asked.
     pub(super) fn abandon_upgrade(&mut self, why: &str) {
+        let waiters = self.upgrade_waiters();
+        for client in waiters {
+            self.answer(client, Err(format!("upgrade abandoned: {why}")));
+        }
         if self.stop_successor() {
             log::warn!("upgrade abandoned: {why}; the new primary was stopped");
         }
+    }
+
+    fn upgrade_waiters(&mut self) -> Vec<ConnId> {
+        self.phase
+            .upgrade
+            .as_mut()
+            .map(|u| std::mem::take(&mut u.waiters))
+            .unwrap_or_default()
     }
 
     /// Kills the new primary of an upgrade in progress; `false` if there was none.
@@ -225,16 +260,28 @@ impl Primary {
 
     /// The new primary is ready: stop accepting, hand it the waiting connections, drain.
     /// systemd hears `MAINPID=` before the new primary can say anything (it speaks once told
-    /// to take over), so every notification after it is the new primary's.
+    /// to take over), so every notification after it is the new primary's; and the control
+    /// socket and metrics endpoint are closed first, so the new primary can open them.
     fn hand_over(&mut self) {
         let Some(new_pid) = self.phase.upgrade.as_ref().map(|u| u.child.id()) else {
             return;
         };
+        let old = std::process::id();
+        for client in self.upgrade_waiters() {
+            self.answer(
+                client,
+                Ok(format!("upgraded: primary {new_pid} took over from {old}")),
+            );
+        }
+        self.close_admin();
         self.notifier.main_pid(new_pid);
         let told = match self.phase.upgrade.as_ref().map(|u| u.link.send(TAKE, &[])) {
             Some(Ok(())) => true,
             Some(Err(e)) => {
                 self.notifier.main_pid(std::process::id());
+                if let Err(e) = self.open_admin() {
+                    log::error!("{e}");
+                }
                 self.upgrade_failed(&format!("it cannot be told to take over ({e})"));
                 false
             }
@@ -367,6 +414,9 @@ impl Primary {
         }
         p.taken = true;
         self.acceptor.unhold(self.poll.registry());
+        if let Err(e) = self.open_admin() {
+            log::error!("upgrade: {e}; running without it");
+        }
         self.write_pid_file();
         let status = self.status_line();
         self.notifier.ready(&status);
