@@ -53,6 +53,7 @@ fn socket_activation_serves_on_the_inherited_socket_for_every_policy() {
         ("least-connections", "2"),
         ("shared", "2"),
         ("reuseport", "1"),
+        ("idle-first", "2"),
     ] {
         let port = free_port();
         let mut server = activated(port, &["--policy", policy, "--workers", workers]).spawn();

@@ -166,7 +166,7 @@ fn three_upgrades_under_keepalive_load_fail_no_request() {
 
 #[test]
 fn upgrades_work_for_the_other_policies() {
-    for policy in ["least-connections", "shared", "reuseport"] {
+    for policy in ["least-connections", "shared", "reuseport", "idle-first"] {
         let s = Scratch::new(policy);
         let mut server = s.start(&["--policy", policy]);
         let new = upgrade(&s, &server);
@@ -297,8 +297,8 @@ fn finish_request(mut c: std::net::TcpStream) -> u32 {
 #[test]
 fn connections_waiting_in_the_old_primary_are_passed_to_the_new_one() {
     let s = Scratch::new("waiting");
-    // One worker that serves one connection at a time and holds one more unacked: the third
-    // and fourth connections wait in the primary's queue.
+    // One worker that serves one connection at a time and holds one more (given to it, so it
+    // is the worker's): the third and fourth connections wait in the primary's queue.
     let mut server = s.start_with(&[
         "--workers",
         "1",
@@ -314,9 +314,9 @@ fn connections_waiting_in_the_old_primary_are_passed_to_the_new_one() {
     let b = half_request(server.addr());
     let c = half_request(server.addr());
     let d = half_request(server.addr());
-    // B, C and D are held by the primary (B unacked by the full worker, C and D waiting).
-    wait_for("the primary to hold three connections", DEADLINE, || {
-        (fd_count(old) == base + 3).then_some(())
+    // C and D are held by the primary (B is the full worker's, held there untaken).
+    wait_for("the primary to hold two connections", DEADLINE, || {
+        (fd_count(old) == base + 2).then_some(())
     });
     server.signal(Signal::SIGUSR1);
     let line = server.wait_log("waiting connections passed", DEADLINE);
@@ -376,6 +376,72 @@ fn a_socket_activated_primary_upgrades_too() {
     });
     let r = get(addr, "/").expect("served by the new primary");
     assert!(workers.contains(&r.pid()));
+    assert!(server.wait_exit(DEADLINE).success());
+    send_signal(new, Signal::SIGTERM).expect("stop");
+    wait_for("the new primary to exit", DEADLINE, || {
+        (!alive(new)).then_some(())
+    });
+}
+
+/// The given handoff (issue 13) meets the upgrade: connections given to an old worker that
+/// froze sit unread in its channel, and only there. They are the worker's while it may still
+/// read them; once it is killed during the old primary's drain, the old primary reads them back
+/// and passes them to the new primary (its listener is gone, and so is its queue's future),
+/// whose workers serve every one.
+#[test]
+fn connections_read_back_from_a_dead_old_worker_go_to_the_new_primary() {
+    use std::io::{BufReader, Write};
+    const CLIENTS: usize = 10;
+    let s = Scratch::new("read-back");
+    // Round-robin keeps handing the frozen worker its share; the watchdog stays out of it.
+    let mut server = s.start(&["--worker-timeout", "60s"]);
+    let old = server.pid();
+    let frozen = server.workers()[0];
+    send_signal(frozen, Signal::SIGSTOP).expect("freeze a worker");
+    let answers: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let mut c = connect(server.addr());
+            c.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                .expect("send");
+            std::thread::spawn(move || {
+                c.set_read_timeout(Some(DEADLINE * 2)).expect("timeout");
+                read_response(&mut BufReader::new(c), false)
+            })
+        })
+        .collect();
+    wait_for("the live worker's share to be answered", DEADLINE, || {
+        (answers.iter().filter(|h| h.is_finished()).count() >= CLIENTS / 2).then_some(())
+    });
+    assert!(
+        answers.iter().any(|h| !h.is_finished()),
+        "some wait in the frozen worker's channel"
+    );
+    send_signal(old, Signal::SIGUSR1).expect("upgrade");
+    let new = wait_for("a new primary in the pid file", DEADLINE, || {
+        s.primary().filter(|&p| p != old)
+    });
+    server.wait_log(&format!("upgrade: primary {new} took over"), DEADLINE);
+    let new_workers = wait_for("the new primary's workers", DEADLINE, || {
+        let w = children(new);
+        (w.len() == 2).then_some(w)
+    });
+    assert!(alive(old), "the old primary drains its frozen worker");
+    send_signal(frozen, Signal::SIGKILL).expect("kill the frozen worker");
+    let mut by_new = 0;
+    for (i, h) in answers.into_iter().enumerate() {
+        let r = h
+            .join()
+            .expect("reader thread")
+            .unwrap_or_else(|e| panic!("connection {i} was lost: {e}\n{}", server.log_text()));
+        assert_eq!(r.status, 200);
+        assert_ne!(r.pid(), frozen);
+        by_new += usize::from(new_workers.contains(&r.pid()));
+    }
+    assert!(by_new > 0, "the new workers served the frozen one's share");
+    server.wait_log(
+        "connections old workers never took passed to the new primary",
+        DEADLINE,
+    );
     assert!(server.wait_exit(DEADLINE).success());
     send_signal(new, Signal::SIGTERM).expect("stop");
     wait_for("the new primary to exit", DEADLINE, || {

@@ -16,6 +16,8 @@ impl Primary {
     /// Hands waiting connections to the workers the policy picks, until none waits or no
     /// worker can take more; then resumes the listener if the queue has room again.
     pub(super) fn dispatch(&mut self) {
+        // Handed over to a new primary (upgrade): what waits is the new one's.
+        self.pass_back_to_successor();
         let stopping = self.stopping();
         let window = if stopping {
             usize::MAX

@@ -152,8 +152,9 @@ struct Phase {
     upgrade: Option<upgrade::Upgrade>,
     /// This primary handed the service to a new one and is draining.
     handed_over: bool,
-    /// The new primary, once it took over (a child of this process until it exits).
-    successor: Option<std::process::Child>,
+    /// The new primary, once it took over (a child of this process until it exits), with the
+    /// link that passes it the connections that come back here while this one drains.
+    successor: Option<upgrade::Successor>,
     /// Connections accepted at the last status line, and when.
     last_rate: Option<(u64, Instant)>,
 }

@@ -8,7 +8,10 @@
 //!    accept yet. Once every worker is online it says `ready`.
 //! 3. The old primary stops accepting (the kernel's queue stays on the shared socket, for the
 //!    new one), says `take`, passes the connections it accepted and had not handed yet, tells
-//!    systemd `MAINPID=`, then drains its workers and exits as in a shutdown.
+//!    systemd `MAINPID=`, then drains its workers and exits as in a shutdown. A connection
+//!    already given to an old worker is that worker's to serve; one that comes back to the old
+//!    primary's queue while it drains (read back from the channel of an old worker that died or
+//!    froze before reading it, or never acked) is passed to the new primary on the same link.
 //! 4. If the new primary exits, or is not ready within the upgrade timeout, the old one kills
 //!    it, logs why, and keeps serving.
 
@@ -74,6 +77,15 @@ impl Predecessor {
             taken: false,
         })
     }
+}
+
+/// In the old primary, once the new one took over.
+#[derive(Debug)]
+pub(super) struct Successor {
+    /// The new primary: a child of this process until it exits (not waited for).
+    _child: Child,
+    /// Where connections that come back to the queue go; `None` once it failed.
+    link: Option<Channel>,
 }
 
 impl Primary {
@@ -299,39 +311,56 @@ impl Primary {
         self.acceptor.let_go(self.poll.registry());
         self.release_all();
         self.listeners_for_workers.clear();
-        let passed = self.pass_waiting(&u.link);
+        // The child stays ours until this process exits; it is not waited for. The link stays
+        // open too: connections that come back here while this one drains go to it.
+        self.phase.successor = Some(Successor {
+            _child: u.child,
+            link: Some(u.link),
+        });
+        let passed = self.pass_to_successor();
         log::info!(
             "upgrade: primary {new_pid} took over ({passed} waiting connections passed to it); primary {} drains and exits",
             std::process::id()
         );
-        // The child stays ours until this process exits; it is not waited for.
-        self.phase.successor = Some(u.child);
         self.begin_shutdown();
+    }
+
+    /// After the handover, in the old primary: connections that came back to the waiting queue
+    /// (read back from the channel of an old worker that died or froze, or never acked by one)
+    /// go to the new primary, which accepts for the service now. The old workers get them only
+    /// if the new primary cannot take them.
+    pub(super) fn pass_back_to_successor(&mut self) {
+        if self.phase.handed_over && self.acceptor.waiting() > 0 {
+            let n = self.pass_to_successor();
+            if n > 0 {
+                log::info!(
+                    "upgrade: {n} connections old workers never took passed to the new primary"
+                );
+            }
+        }
     }
 
     /// Sends the connections accepted and not yet handed to the new primary; what the link
     /// cannot take stays here for the draining workers. Returns how many went.
-    fn pass_waiting(&mut self, link: &Channel) -> usize {
-        let mut passed = 0;
-        while self.acceptor.waiting() > 0 {
-            let mut batch = Vec::with_capacity(BATCH);
-            while batch.len() < BATCH {
-                match self.acceptor.pop() {
-                    Some(c) => batch.push(c),
-                    None => break,
-                }
-            }
-            let fds: Vec<BorrowedFd<'_>> = batch.iter().map(|(_, fd)| fd.as_fd()).collect();
-            match link.send(CONNS, &fds) {
-                Ok(()) => passed += batch.len(),
-                Err(e) => {
-                    log::info!(
-                        "upgrade: {} waiting connections stay with the old workers ({e})",
-                        batch.len() + self.acceptor.waiting()
-                    );
-                    self.acceptor.put_back(batch);
-                    break;
-                }
+    fn pass_to_successor(&mut self) -> usize {
+        let Primary {
+            phase, acceptor, ..
+        } = self;
+        let Some(s) = phase.successor.as_mut() else {
+            return 0;
+        };
+        let Some(link) = s.link.as_ref() else {
+            return 0;
+        };
+        let (passed, failed) = pass_waiting(acceptor, link);
+        if let Some(e) = failed {
+            log::info!(
+                "upgrade: {} waiting connections stay with the old workers ({e})",
+                acceptor.waiting()
+            );
+            if e.kind() != io::ErrorKind::WouldBlock {
+                // The new primary is gone: stop trying.
+                s.link = None;
             }
         }
         passed
@@ -427,4 +456,29 @@ impl Primary {
         );
         self.dispatch();
     }
+}
+
+/// Sends `acceptor`'s waiting connections on `link`, in batches; a batch the link does not take
+/// goes back to the queue. Returns how many went, and the error that stopped it, if one did.
+fn pass_waiting(
+    acceptor: &mut super::accept::Acceptor,
+    link: &Channel,
+) -> (usize, Option<io::Error>) {
+    let mut passed = 0;
+    while acceptor.waiting() > 0 {
+        let mut batch = Vec::with_capacity(BATCH);
+        while batch.len() < BATCH {
+            match acceptor.pop() {
+                Some(c) => batch.push(c),
+                None => break,
+            }
+        }
+        let fds: Vec<BorrowedFd<'_>> = batch.iter().map(|(_, fd)| fd.as_fd()).collect();
+        if let Err(e) = link.send(CONNS, &fds) {
+            acceptor.put_back(batch);
+            return (passed, Some(e));
+        }
+        passed += batch.len();
+    }
+    (passed, None)
 }
