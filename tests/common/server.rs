@@ -105,7 +105,7 @@ impl Launch {
         let serve = ["serve", "--host", "127.0.0.1", "--port", "0"];
         Launch::new("herd", herd_bin().into(), &serve)
             .args(args)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", &log_level())
     }
 
     /// `herd serve` on `host:port` with `args`, logging at info level (several hosts on one
@@ -115,7 +115,7 @@ impl Launch {
         let serve = ["serve", "--host", host, "--port", port.as_str()];
         Launch::new("herd", herd_bin().into(), &serve)
             .args(args)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", &log_level())
     }
 
     /// `herd run` on 127.0.0.1 with an ephemeral port, `args`, then `-- command`: Node
@@ -378,4 +378,10 @@ impl Drop for Server {
             let _ = send_signal(p, Signal::SIGKILL);
         }
     }
+}
+
+/// The servers' log level: `info`, or `HERD_TEST_RUST_LOG` (e.g. `debug`) to see more of a
+/// failing test's server in its log.
+fn log_level() -> String {
+    std::env::var("HERD_TEST_RUST_LOG").unwrap_or_else(|_| "info".to_string())
 }
