@@ -128,9 +128,14 @@ impl Uplink {
         for msg in ctx.outgoing.drain(..) {
             self.endpoint.queue(msg, Vec::new());
         }
-        if self.gone {
-            return true;
-        }
+        let done = self.gone || self.send_queued(registry);
+        // What still waits bounds the next sends (Context::send); what left no longer counts.
+        ctx.user_queued = self.endpoint.ordered_load();
+        done
+    }
+
+    /// Sends what the channel takes; `true` when nothing waits (or the primary is gone).
+    fn send_queued(&mut self, registry: &Registry) -> bool {
         match self
             .endpoint
             .flush(registry, drop::<crate::ipc::Envelope<ToPrimary>>)
@@ -165,4 +170,42 @@ impl Uplink {
 /// A socket the primary sent, turned into the loop's stream type.
 pub fn stream(fd: OwnedFd) -> mio::net::TcpStream {
     mio::net::TcpStream::from_std(std::net::TcpStream::from(fd))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::WorkerId;
+    use crate::ipc::{Endpoint, MAX_QUEUED_MESSAGES};
+    use std::time::Instant;
+
+    #[test]
+    fn sent_messages_stop_counting_against_the_bound() {
+        let (worker_end, primary_end) = Channel::pair().unwrap();
+        let poll = mio::Poll::new().unwrap();
+        let mut uplink = Uplink::new(worker_end, poll.registry(), false).unwrap();
+        let mut primary: Endpoint<ToWorker, ToPrimary> = Endpoint::new(primary_end);
+        let mut ctx = Context::new(WorkerId::new(1).unwrap(), Instant::now());
+        let total = MAX_QUEUED_MESSAGES + 100;
+        let mut received = 0;
+        for i in 0..total {
+            ctx.send(vec![1u8])
+                .unwrap_or_else(|e| panic!("message {i}: {e}"));
+            if i % 64 == 0 {
+                uplink.flush(poll.registry(), &mut ctx);
+                while let Ok(Some(_)) = primary.recv() {
+                    received += 1;
+                }
+            }
+        }
+        while !uplink.flush(poll.registry(), &mut ctx) {
+            while let Ok(Some(_)) = primary.recv() {
+                received += 1;
+            }
+        }
+        while let Ok(Some(_)) = primary.recv() {
+            received += 1;
+        }
+        assert_eq!(received, total, "every message arrived, none was refused");
+    }
 }
