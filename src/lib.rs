@@ -33,6 +33,8 @@
 
 pub mod activation;
 pub mod admin;
+#[cfg(feature = "axum")]
+pub mod axum;
 #[cfg(feature = "cli")]
 pub mod bench;
 pub mod blocking;
@@ -51,6 +53,8 @@ pub mod procfs;
 pub mod proxy_protocol;
 pub mod signals;
 mod sys;
+#[cfg(feature = "tokio")]
+pub mod tokio;
 pub mod worker;
 pub mod worker_env;
 

@@ -405,6 +405,19 @@ impl Drop for SharedWords {
     }
 }
 
+/// Registers `fd` with the current tokio runtime's reactor for readable events (feature
+/// `tokio`; must run inside the runtime).
+#[cfg(feature = "tokio")]
+pub fn tokio_readable(fd: OwnedFd) -> io::Result<::tokio::io::unix::AsyncFd<OwnedFd>> {
+    // SAFETY: the AsyncFd owns `fd`, so the descriptor stays open and names the same open file
+    // description for the AsyncFd's whole life, and OwnedFd::as_raw_fd always returns that
+    // same number.
+    let r = unsafe {
+        ::tokio::io::unix::AsyncFd::register_with_interest(fd, ::tokio::io::Interest::READABLE)
+    };
+    r.map_err(io::Error::from)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,6 +11,8 @@
 
 mod admission;
 mod faults;
+#[cfg(feature = "tokio")]
+pub(crate) mod intake;
 mod preface;
 mod runtime;
 mod table;
