@@ -13,7 +13,7 @@
 # round; the summary gives medians. Everything listens on 127.0.0.1 and every run is bounded.
 #
 # Environment: ROUNDS (3), DURATION (5s), WARMUP (1s), CONNECTIONS (50),
-# WORKLOADS ("keepalive close"), PORT (3200).
+# WORKLOADS ("keepalive close"), PORT (3200; alone uses PORT+1).
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -58,10 +58,10 @@ cpu_ticks() {
   echo "$total"
 }
 
-# start_server LOG ARGS...: starts the example and waits for its listening line.
+# start_server LOG PORT ARGS...: starts the example and waits for its listening line.
 start_server() {
-  local log=$1; shift
-  "$bin" "$PORT" --host 127.0.0.1 "$@" >"$log" 2>&1 &
+  local log=$1 port=$2; shift 2
+  "$bin" "$port" --host 127.0.0.1 "$@" >"$log" 2>&1 &
   server_pid=$!
   for _ in $(seq 150); do
     grep -q "listening on http://" "$log" && return 0
@@ -71,15 +71,19 @@ start_server() {
   note "no listening line"; cat "$log" >&2; return 1
 }
 
-# measure NAME WORKLOAD ARGS...: prints "req/s cpu_us_per_request".
+# measure NAME PORT WORKLOAD ARGS...: prints "req/s cpu_us_per_request". herd and alone use
+# ports of their own, so that neither waits for the other's port to be free.
 measure() {
-  local name=$1 workload=$2; shift 2
-  start_server "$work/$name.log" "$@"
+  local name=$1 port=$2 workload=$3; shift 3
+  start_server "$work/$name.log" "$port" "$@"
   local header=()
   [ "$workload" = close ] && header=(-H "Connection: close")
-  wrk -t1 -c"$CONNECTIONS" -d"$WARMUP" "${header[@]}" "http://127.0.0.1:$PORT/" >/dev/null
+  # A failed run stops its server before it gives up (this runs in a subshell of its own).
+  wrk -t1 -c"$CONNECTIONS" -d"$WARMUP" "${header[@]}" "http://127.0.0.1:$port/" >/dev/null ||
+    { stop_server; return 1; }
   local before; before=$(cpu_ticks "$server_pid")
-  wrk -t1 -c"$CONNECTIONS" -d"$DURATION" "${header[@]}" "http://127.0.0.1:$PORT/" >"$work/wrk.txt"
+  wrk -t1 -c"$CONNECTIONS" -d"$DURATION" "${header[@]}" "http://127.0.0.1:$port/" \
+    >"$work/wrk.txt" || { stop_server; return 1; }
   local after; after=$(cpu_ticks "$server_pid")
   stop_server
   local requests errors
@@ -101,8 +105,8 @@ printf "%-6s %-9s %10s %10s %12s %12s %8s %8s\n" round workload herd_rps alone_r
   herd_us/req alone_us/req rps_x cpu_x
 for round in $(seq "$ROUNDS"); do
   for workload in $WORKLOADS; do
-    read -r h_rps h_cpu < <(measure herd "$workload" --workers 2 --policy round-robin)
-    read -r a_rps a_cpu < <(measure alone "$workload" --alone --threads 2)
+    read -r h_rps h_cpu < <(measure herd "$PORT" "$workload" --workers 2 --policy round-robin)
+    read -r a_rps a_cpu < <(measure alone $((PORT + 1)) "$workload" --alone --threads 2)
     ratio=$(awk -v h="$h_rps" -v a="$a_rps" 'BEGIN {printf "%.3f", h / a}')
     cpu_ratio=$(awk -v h="$h_cpu" -v a="$a_cpu" 'BEGIN {printf "%.3f", h / a}')
     echo "$h_rps $a_rps $h_cpu $a_cpu $ratio $cpu_ratio" >>"$work/$workload.rows"
