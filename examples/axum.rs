@@ -1,4 +1,5 @@
-//! axum in herd workers: `Hello World! <pid>` at `/`, a JSON route, a slow route.
+//! axum in herd workers: `Hello World! <pid>` at `/`, a JSON route, a slow route, a route
+//! that keeps its thread busy.
 //!
 //! `cargo run --release --features axum --example axum -- 3000 [--policy P] [--workers N]`
 //! (port 0: an ephemeral port; the `listening on http://ADDR:PORT` line tells which), then
@@ -99,6 +100,18 @@ fn app(worker: Option<herd::WorkerId>) -> Router {
                 log::info!("worker {}: sleeping {ms} ms", std::process::id());
                 tokio::time::sleep(Duration::from_millis(ms.min(60_000))).await;
                 format!("slept {ms} ms in {}", std::process::id())
+            }),
+        )
+        .route(
+            "/spin/{ms}",
+            get(|Path(ms): Path<u64>| async move {
+                // Blocks the worker's thread, as CPU-bound work does: the worker is busy (the
+                // `idle-first` policy then hands new connections to idle workers).
+                let end = std::time::Instant::now() + Duration::from_millis(ms.min(60_000));
+                while std::time::Instant::now() < end {
+                    std::hint::spin_loop();
+                }
+                format!("{} spun {ms} ms", std::process::id())
             }),
         )
 }

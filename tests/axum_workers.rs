@@ -104,6 +104,11 @@ fn axum_least_connections_answers_every_request() {
 }
 
 #[test]
+fn axum_idle_first_answers_every_request() {
+    every_request_answered("axum", "idle-first");
+}
+
+#[test]
 fn axum_shared_answers_every_request() {
     every_request_answered("axum", "shared");
 }
@@ -117,6 +122,7 @@ fn axum_reuseport_answers_every_request() {
 fn hyper_answers_every_request() {
     every_request_answered("hyper", "round-robin");
     every_request_answered("hyper", "least-connections");
+    every_request_answered("hyper", "idle-first");
 }
 
 #[test]
@@ -209,6 +215,7 @@ fn reload_under_load(name: &str, policy: &str) {
 fn axum_reload_under_load_fails_no_request() {
     reload_under_load("axum", "round-robin");
     reload_under_load("axum", "least-connections");
+    reload_under_load("axum", "idle-first");
 }
 
 #[test]
@@ -220,6 +227,7 @@ fn axum_reload_with_worker_listeners_fails_no_request() {
 #[test]
 fn hyper_reload_under_load_fails_no_request() {
     reload_under_load("hyper", "round-robin");
+    reload_under_load("hyper", "idle-first");
 }
 
 #[test]

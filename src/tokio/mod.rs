@@ -30,6 +30,7 @@
 //! close reports, statistics, messages, drain); tokio watches that loop's epoll descriptor and
 //! runs a turn of it whenever it is ready.
 
+mod busy;
 mod conn;
 mod driver;
 mod shared;
@@ -66,7 +67,8 @@ impl Cluster {
     }
 
     /// [`Cluster::run_tokio`] on a runtime of your making (for example a multi-thread one);
-    /// herd enables its I/O and time drivers. The runtime is built only in a worker, after the
+    /// herd enables its I/O and time drivers, and sets its thread park hooks
+    /// (`on_thread_park`, `on_thread_unpark`) to publish whether the worker is busy. The runtime is built only in a worker, after the
     /// worker has set its signal mask (so the runtime's threads inherit it).
     pub fn run_tokio_on<F, Fut>(
         self,
@@ -83,6 +85,9 @@ impl Cluster {
             return Ok(());
         }
         let intake = Intake::new()?;
+        if let Some(page) = intake.status_page() {
+            busy::flip_on_park(&mut runtime, page);
+        }
         let rt = runtime.enable_all().build().map_err(WorkerError::Io)?;
         let shared = Shared::new(intake);
         let outcome = rt.block_on(serve_worker(shared.clone(), serve));

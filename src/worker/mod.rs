@@ -6,7 +6,8 @@
 //!
 //! This file is the public face ([`Handler`], [`Connection`], [`Context`], [`Status`]); the
 //! runtime is in parts: [`runtime`] (the loop), `uplink` (the channel to the primary),
-//! `admission` (listeners and the connection limit), `table` (the connection slab) and
+//! `admission` (listeners and the connection limit), `publish` (the status page the primary
+//! reads), `table` (the connection slab) and
 //! `faults` (testing switches).
 
 mod admission;
@@ -14,6 +15,7 @@ mod faults;
 #[cfg(feature = "tokio")]
 pub(crate) mod intake;
 mod preface;
+mod publish;
 mod runtime;
 mod table;
 mod uplink;

@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
-use mio::Token;
+use mio::{Interest, Registry, Token};
 use slab::Slab;
 
 use crate::proxy_protocol::{self, Parsed};
@@ -152,6 +152,115 @@ impl Prefaces {
             .filter(|(_, w)| w.deadline <= now)
             .map(|(k, _)| PrefaceKey(k))
             .collect()
+    }
+}
+
+/// What became of a connection waiting for its header, after a step of [`Prefaces`].
+#[derive(Debug)]
+pub enum Step {
+    /// Its header has not fully arrived: it waits, registered under its key's token.
+    Waiting,
+    /// Its header was read (and deregistered): serve it, with the client its header named.
+    Done {
+        /// The socket, the request (if any) still unread in it.
+        stream: TcpStream,
+        /// Handed over by the primary (rather than accepted here).
+        handed: bool,
+        /// The client's address, if the header names one.
+        peer: Option<SocketAddr>,
+    },
+    /// It was closed (no valid header, or it could not be watched): count the close.
+    Closed,
+}
+
+impl Prefaces {
+    /// A connection just inserted: reads its header now (it usually came with the connection,
+    /// always with `TCP_DEFER_ACCEPT`: then it is never registered under its waiting token), or
+    /// registers it to wait.
+    pub fn start(&mut self, key: PrefaceKey, registry: &Registry) -> Step {
+        let Some(w) = self.get_mut(key) else {
+            return Step::Waiting;
+        };
+        match read_header(&mut w.stream) {
+            HeaderRead::More => {}
+            HeaderRead::Refused(why) => return self.close(key, Some(&why), false, registry),
+            HeaderRead::Done(peer) => return self.done(key, peer, false, registry),
+        }
+        // (Bytes that come between the read and the registration raise an event.)
+        if let Err(e) = registry.register(&mut w.stream, key.token(), Interest::READABLE) {
+            log::warn!("cannot register connection: {e}");
+            return self.close(key, None, false, registry);
+        }
+        Step::Waiting
+    }
+
+    /// Bytes arrived on connection `key`.
+    pub fn ready(&mut self, key: PrefaceKey, registry: &Registry) -> Step {
+        let Some(w) = self.get_mut(key) else {
+            return Step::Waiting;
+        };
+        match read_header(&mut w.stream) {
+            HeaderRead::More => Step::Waiting,
+            HeaderRead::Refused(why) => self.close(key, Some(&why), true, registry),
+            HeaderRead::Done(peer) => self.done(key, peer, true, registry),
+        }
+    }
+
+    /// Closes the connections whose header is late at `now`; returns how many.
+    pub fn close_late(&mut self, now: Instant, registry: &Registry) -> usize {
+        let why = "no complete header within the header timeout";
+        let late = self.late(now);
+        for &key in &late {
+            self.close(key, Some(why), true, registry);
+        }
+        late.len()
+    }
+
+    fn done(
+        &mut self,
+        key: PrefaceKey,
+        peer: Option<SocketAddr>,
+        registered: bool,
+        registry: &Registry,
+    ) -> Step {
+        let Some(mut w) = self.remove(key) else {
+            return Step::Waiting;
+        };
+        if registered {
+            let _ = registry.deregister(&mut w.stream);
+        }
+        Step::Done {
+            stream: w.stream,
+            handed: w.handed,
+            peer,
+        }
+    }
+
+    /// Closes a connection that gave no valid header (`why`), or could not be watched.
+    fn close(
+        &mut self,
+        key: PrefaceKey,
+        why: Option<&str>,
+        registered: bool,
+        registry: &Registry,
+    ) -> Step {
+        let Some(mut w) = self.remove(key) else {
+            return Step::Waiting;
+        };
+        if let Some(why) = why {
+            self.refused += 1;
+            log::debug!(
+                "worker {}: closing a connection without a valid PROXY header: {why}",
+                std::process::id()
+            );
+        }
+        if registered {
+            let _ = registry.deregister(&mut w.stream);
+        }
+        // A FIN first: the client sees an orderly end, not the reset that closing a socket
+        // with unread bytes (a peeked partial header) sends.
+        let _ = w.stream.shutdown(std::net::Shutdown::Write);
+        Step::Closed
     }
 }
 

@@ -91,6 +91,26 @@ impl Uplink {
         self.refused.push(id);
     }
 
+    /// Pairs the ids of a packet of connections with the sockets that came with it. The kernel
+    /// installs a packet's descriptors in order and drops the rest when this process is out of
+    /// them, so the ids past the sockets that arrived are refused: the primary, if it kept
+    /// copies (it does while this worker says it is tight), hands them elsewhere.
+    pub fn pair_up(&mut self, ids: Vec<ConnId>, fds: Vec<OwnedFd>) -> Vec<(ConnId, OwnedFd)> {
+        if ids.len() > fds.len() {
+            log::error!(
+                "worker {}: {} of {} connections arrived without their sockets (out of file \
+                 descriptors?); returning them to the primary",
+                std::process::id(),
+                ids.len() - fds.len(),
+                ids.len()
+            );
+            for &id in &ids[fds.len()..] {
+                self.refuse(id);
+            }
+        }
+        ids.into_iter().zip(fds).collect()
+    }
+
     /// Counts a closed connection for the next close report (least-connections).
     pub fn closed(&mut self) {
         self.closed_unreported += 1;

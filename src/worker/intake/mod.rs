@@ -12,24 +12,27 @@
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use nix::sys::signal::Signal;
 
-use super::admission::{Accepted, Admission, ListenerIndex};
+use super::admission::{Admission, ListenerIndex};
 use super::faults::Faults;
 use super::preface::{PrefaceKey, Prefaces};
-use super::uplink::{self, Inbound, Uplink, CHANNEL};
+use super::publish::Publisher;
+use super::uplink::{Inbound, Uplink, CHANNEL};
 use super::{Context, WorkerError};
 use crate::event::WorkerId;
-use crate::ipc::{Channel, ConnId, Delivery, IpcError, ToPrimary, ToWorker, WorkerStats};
+use crate::ipc::{Channel, Delivery, IpcError, StatusPage, ToPrimary, ToWorker, WorkerStats};
 use crate::signals::Signals;
 use crate::worker_env::WorkerEnv;
 
 mod handout;
+mod receive;
 
 const SIGNALS: Token = Token(1);
 /// Events read per turn; a full batch means more may wait (see [`Intake::turn`]).
@@ -61,8 +64,9 @@ pub struct Intake {
     admission: Admission,
     faults: Faults,
     ctx: Context,
-    /// Acked this turn; given out once the ack has left.
-    taken: Vec<TcpStream>,
+    /// Taken this turn (and whether the primary may still hold a copy); given out once
+    /// their acks have left.
+    taken: Vec<(TcpStream, bool)>,
     /// Ready for the caller.
     ready: VecDeque<Taken>,
     /// With `--proxy-protocol`: connections whose PROXY header has not fully arrived.
@@ -84,6 +88,9 @@ pub struct Intake {
     orphan_deadline: Option<Instant>,
     /// The cluster has a drain delay: `SIGTERM` only marks the worker as leaving.
     leave_on_term: bool,
+    /// What this worker publishes to the primary (connections read, held, served; busy or
+    /// idle is the async runtime's to flip, see [`Intake::status_page`]).
+    publish: Publisher,
 }
 
 impl std::fmt::Debug for Intake {
@@ -137,6 +144,7 @@ impl Intake {
             orphan_grace: env.orphan_grace,
             orphan_deadline: None,
             leave_on_term: env.leave_on_term,
+            publish: Publisher::from_env(env),
         };
         log::info!("worker {} started", std::process::id());
         intake.ctx.outgoing.push_back(ToPrimary::Online);
@@ -147,6 +155,13 @@ impl Intake {
     /// The loop's epoll descriptor: readable when [`Intake::turn`] has something to do.
     pub fn poll_fd(&self) -> BorrowedFd<'_> {
         self.poll.registry().as_fd()
+    }
+
+    /// The worker's status page, if the primary gave it one: whoever runs the loop flips its
+    /// busy flag (set while handling, cleared while waiting for events), as the worker's own
+    /// loop does around `epoll_wait`.
+    pub fn status_page(&self) -> Option<Arc<StatusPage>> {
+        self.publish.page()
     }
 
     /// This worker's id.
@@ -225,6 +240,7 @@ impl Intake {
     pub fn closed(&mut self) -> bool {
         self.out = self.out.saturating_sub(1);
         self.uplink.closed();
+        self.publish.open(self.open());
         self.uplink.owes_reports() || self.admission.holds_any() || self.admission.paused()
     }
 
@@ -269,6 +285,8 @@ impl Intake {
             return;
         }
         self.closed = true;
+        // Connections still handed over are refused: the primary must keep its copies.
+        self.publish.stay_tight();
         self.admission.close_listeners(self.poll.registry());
         let dropped = self.ready.len();
         if dropped > 0 {
@@ -341,10 +359,11 @@ impl Intake {
             self.orphaned();
         }
         if all_sent {
-            for stream in std::mem::take(&mut self.taken) {
-                self.give(stream, true);
+            for (stream, copied) in std::mem::take(&mut self.taken) {
+                self.give(stream, copied);
             }
         }
+        self.publish.open(self.open());
         self.faults.exit_if_tripped(self.open() == 0);
         if !self.ctx.outgoing.is_empty() || self.uplink.owes_reports() {
             self.uplink.flush(self.poll.registry(), &mut self.ctx);
@@ -352,7 +371,14 @@ impl Intake {
     }
 
     fn read_channel(&mut self) {
+        if self.faults.tripped() {
+            self.faults.left_unread();
+            return;
+        }
         loop {
+            if self.faults.tripped() {
+                return;
+            }
             match self.uplink.recv(self.poll.registry()) {
                 Inbound::Message(d) => self.on_message(d),
                 Inbound::Empty => return,
@@ -366,7 +392,8 @@ impl Intake {
 
     fn on_message(&mut self, d: Delivery<ToWorker>) {
         match d.msg {
-            ToWorker::Conn { ids } => self.receive_all(ids, d.fds),
+            ToWorker::Conn { ids } => self.receive_all(ids, d.fds, true),
+            ToWorker::Give { ids } => self.receive_all(ids, d.fds, false),
             ToWorker::Listen => match d.fds.into_iter().next() {
                 Some(fd) if !self.ctx.draining && !self.closed => {
                     if self.admission.add_listener(fd, self.poll.registry()) {
@@ -386,47 +413,6 @@ impl Intake {
                 self.ctx.outgoing.push_back(ToPrimary::Stats(s));
             }
             ToWorker::Message(payload) => self.inbox.push_back(payload),
-        }
-    }
-
-    fn receive_all(&mut self, ids: Vec<ConnId>, fds: Vec<OwnedFd>) {
-        let mut fds = fds.into_iter();
-        for id in ids {
-            match fds.next() {
-                Some(fd) if !self.closed => self.receive(id, fd),
-                _ => self.uplink.refuse(id),
-            }
-        }
-    }
-
-    fn receive(&mut self, id: ConnId, fd: OwnedFd) {
-        let Some(fd) = self.faults.screen(fd) else {
-            return;
-        };
-        let stream = uplink::stream(fd);
-        if self.admission.full(self.open()) && !self.ctx.draining {
-            self.admission.hold(id, stream);
-        } else {
-            self.uplink.ack(id);
-            self.taken.push(stream);
-        }
-    }
-
-    fn refill(&mut self) {
-        while let Some((id, stream)) = self.admission.unhold(self.open(), self.ctx.draining) {
-            self.uplink.ack(id);
-            self.taken.push(stream);
-        }
-        if self.admission.should_resume(self.open()) {
-            for i in 0..self.admission.listener_count() {
-                self.accept_all(self.admission.listener(i));
-            }
-        }
-    }
-
-    fn accept_all(&mut self, index: ListenerIndex) {
-        while let Accepted::Conn(stream) = self.admission.accept(index, self.open()) {
-            self.give(stream, false);
         }
     }
 

@@ -1,32 +1,29 @@
 //! The worker's loop: reads the channel, takes and serves connections, acks, drains.
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use nix::sys::signal::Signal;
 
-use super::admission::{Accepted, Admission, ListenerIndex};
+use super::admission::{Admission, ListenerIndex};
 use super::faults::Faults;
-use super::preface::{self, HeaderRead, PrefaceKey, Prefaces};
-use super::table::{ConnKey, Entry, Table};
+use super::preface::{PrefaceKey, Prefaces};
+use super::publish::Publisher;
+use super::table::{ConnKey, Table};
 use super::uplink::{self, Inbound, Uplink, CHANNEL};
-use super::{Connection, Context, Handler, Status, WorkerError};
-use crate::ipc::{
-    Channel, ConnId, Delivery, StatusPage, ToPrimary, ToWorker, WorkerStats, MAX_CONN_BATCH,
-};
+use super::{Connection, Context, Handler, WorkerError};
+use crate::ipc::{Channel, ConnId, Delivery, ToPrimary, ToWorker, WorkerStats};
 use crate::signals::Signals;
 use crate::worker_env::WorkerEnv;
+
+mod serve;
 
 const SIGNALS: Token = Token(1);
 /// How often idle connections are checked against their deadlines.
 const SWEEP_EVERY: Duration = Duration::from_millis(250);
-/// A worker whose newest received descriptor is this close to its limit says it is tight: the
-/// primary then keeps a copy of what it hands over until acked (the kernel would drop sockets
-/// that do not fit).
-const TIGHT_MARGIN: u64 = 2 * MAX_CONN_BATCH as u64;
 
 /// A running worker.
 pub struct Runtime<H: Handler> {
@@ -54,7 +51,7 @@ pub struct Runtime<H: Handler> {
     /// Requests after which the primary is asked for a replacement (once; 0: never).
     recycle_after: u64,
     /// What this worker publishes to the primary (busy or idle, connections read).
-    status: Option<StatusPage>,
+    publish: Publisher,
 }
 
 impl<H: Handler> Runtime<H> {
@@ -71,12 +68,6 @@ impl<H: Handler> Runtime<H> {
             Interest::READABLE,
         )?;
         let now = Instant::now();
-        let status = env.status_fd.and_then(|fd| {
-            crate::sys::own_inherited_file(fd)
-                .and_then(|f| StatusPage::open(&f))
-                .map_err(|e| log::warn!("worker: no status page ({e})"))
-                .ok()
-        });
         Ok(Runtime {
             poll,
             signals,
@@ -94,7 +85,7 @@ impl<H: Handler> Runtime<H> {
             orphan_deadline: None,
             leave_on_term: env.leave_on_term,
             recycle_after: env.max_requests,
-            status,
+            publish: Publisher::from_env(env),
         })
     }
 
@@ -127,12 +118,12 @@ impl<H: Handler> Runtime<H> {
                 None => timeout,
             };
             let waits = timeout != Some(Duration::ZERO);
-            if let (Some(s), true) = (&self.status, waits) {
-                s.set_busy(false);
+            if waits {
+                self.publish.busy(false);
             }
             let polled = self.poll.poll(&mut events, timeout);
-            if let (Some(s), true) = (&self.status, waits) {
-                s.set_busy(true);
+            if waits {
+                self.publish.busy(true);
             }
             if let Err(e) = polled {
                 if e.kind() != io::ErrorKind::Interrupted {
@@ -286,39 +277,18 @@ impl<H: Handler> Runtime<H> {
         }
     }
 
-    /// Connections handed over in one packet (to ack, or given). The kernel installs a
-    /// packet's descriptors in order and drops the rest when this process is out of them, so
-    /// the ids past the sockets that arrived are refused: the primary, if it kept copies (it
-    /// does while this worker says it is tight), hands them elsewhere.
+    /// Connections handed over in one packet (to ack, or given); see [`Uplink::pair_up`].
     fn receive_all(&mut self, ids: Vec<ConnId>, fds: Vec<OwnedFd>, ack: bool) {
         self.faults.count(ids.len());
-        let (count, newest) = (ids.len() as u64, fds.iter().map(|f| f.as_raw_fd()).max());
-        if let (Some(s), Some(newest)) = (&self.status, newest) {
-            let limit = crate::sys::descriptor_limit();
-            s.set_tight(u64::try_from(newest).unwrap_or(0) + TIGHT_MARGIN >= limit);
-        }
-        if ids.len() > fds.len() {
-            log::error!(
-                "worker {}: {} of {} connections arrived without their sockets (out of file \
-                 descriptors?); returning them to the primary",
-                std::process::id(),
-                ids.len() - fds.len(),
-                ids.len()
-            );
-        }
-        let mut fds = fds.into_iter();
-        for id in ids {
-            match fds.next() {
-                Some(fd) => self.receive(id, ack, fd),
-                None => self.uplink.refuse(id),
-            }
+        let count = ids.len() as u64;
+        self.publish.arrived(&fds);
+        for (id, fd) in self.uplink.pair_up(ids, fds) {
+            self.receive(id, ack, fd);
         }
         // Counted once the taken and held ones are published: the primary never sees them
         // neither unread nor held nor served.
-        self.publish_open();
-        if let Some(s) = &self.status {
-            s.add_received(count);
-        }
+        self.publish.open(self.open());
+        self.publish.received(count);
     }
 
     /// One connection handed over by the primary (`ack`: it wants an ack): serve it now, or
@@ -327,7 +297,7 @@ impl<H: Handler> Runtime<H> {
         let stream = uplink::stream(fd);
         if self.admission.full(self.open()) && !self.ctx.draining {
             self.admission.hold(id, ack, stream);
-            self.publish_held();
+            self.publish.held(self.admission.held());
         } else {
             self.take(id, ack, stream);
         }
@@ -342,20 +312,6 @@ impl<H: Handler> Runtime<H> {
         self.taken.push((stream, ack));
     }
 
-    /// Publishes how many connections this worker serves, counting the ones taken this turn
-    /// and not started yet (they wait behind whatever this turn is busy with).
-    fn publish_open(&self) {
-        if let Some(s) = &self.status {
-            s.set_open(self.open() as u64);
-        }
-    }
-
-    fn publish_held(&self) {
-        if let Some(s) = &self.status {
-            s.set_held(self.admission.held() as u64);
-        }
-    }
-
     /// Below the limit again: take held connections, resume accepting.
     fn refill(&mut self) {
         let mut took = false;
@@ -367,194 +323,12 @@ impl<H: Handler> Runtime<H> {
             took = true;
         }
         if took {
-            self.publish_held();
+            self.publish.held(self.admission.held());
         }
         if self.admission.should_resume(self.open()) {
             for i in 0..self.admission.listener_count() {
                 self.accept_all(self.admission.listener(i));
             }
-        }
-    }
-
-    fn accept_all(&mut self, index: ListenerIndex) {
-        while let Accepted::Conn(stream) = self.admission.accept(index, self.open()) {
-            self.add_conn(stream, false);
-        }
-    }
-
-    fn add_conn(&mut self, stream: TcpStream, handed: bool) {
-        self.connections += 1;
-        match self.prefaces.as_mut() {
-            Some(p) => {
-                let key = p.insert(stream, handed, self.ctx.now);
-                self.preface_start(key);
-            }
-            None => self.serve(stream, handed, None),
-        }
-    }
-
-    /// A connection that must open with a PROXY header: read it now (it usually came with the
-    /// connection, always with `TCP_DEFER_ACCEPT`: then it is never registered under its
-    /// waiting token), or wait for it.
-    fn preface_start(&mut self, key: PrefaceKey) {
-        let Some(w) = self.prefaces.as_mut().and_then(|p| p.get_mut(key)) else {
-            return;
-        };
-        match preface::read_header(&mut w.stream) {
-            HeaderRead::More => {}
-            HeaderRead::Refused(why) => return self.preface_close(key, Some(&why), false),
-            HeaderRead::Done(peer) => return self.preface_done(key, peer, false),
-        }
-        if let Err(e) =
-            self.poll
-                .registry()
-                .register(&mut w.stream, key.token(), Interest::READABLE)
-        {
-            // (Bytes that come between the read and the registration raise an event.)
-            log::warn!("cannot register connection: {e}");
-            self.preface_close(key, None, false);
-        }
-    }
-
-    /// Bytes arrived on a connection waiting for its header.
-    fn preface_ready(&mut self, key: PrefaceKey) {
-        let Some(w) = self.prefaces.as_mut().and_then(|p| p.get_mut(key)) else {
-            return;
-        };
-        match preface::read_header(&mut w.stream) {
-            HeaderRead::More => {}
-            HeaderRead::Refused(why) => self.preface_close(key, Some(&why), true),
-            HeaderRead::Done(peer) => self.preface_done(key, peer, true),
-        }
-    }
-
-    /// The header of `key` was read: the handler gets the connection.
-    fn preface_done(
-        &mut self,
-        key: PrefaceKey,
-        peer: Option<std::net::SocketAddr>,
-        registered: bool,
-    ) {
-        let Some(mut w) = self.prefaces.as_mut().and_then(|p| p.remove(key)) else {
-            return;
-        };
-        if registered {
-            let _ = self.poll.registry().deregister(&mut w.stream);
-        }
-        self.serve(w.stream, w.handed, peer);
-    }
-
-    /// Closes a connection that gave no valid header (`why`), or could not be watched.
-    fn preface_close(&mut self, key: PrefaceKey, why: Option<&str>, registered: bool) {
-        let Some(p) = self.prefaces.as_mut() else {
-            return;
-        };
-        let Some(mut w) = p.remove(key) else {
-            return;
-        };
-        if let Some(why) = why {
-            p.refused += 1;
-            log::debug!(
-                "worker {}: closing a connection without a valid PROXY header: {why}",
-                std::process::id()
-            );
-        }
-        if registered {
-            let _ = self.poll.registry().deregister(&mut w.stream);
-        }
-        // A FIN first: the client sees an orderly end, not the reset that closing a socket
-        // with unread bytes (a peeked partial header) sends.
-        let _ = w.stream.shutdown(std::net::Shutdown::Write);
-        self.uplink.closed();
-    }
-
-    /// Hands a connection to the handler; `peer` is the client its PROXY header named.
-    fn serve(&mut self, stream: TcpStream, handed: bool, peer: Option<std::net::SocketAddr>) {
-        self.ctx.peer = peer;
-        let conn = self.handler.connect(stream, &mut self.ctx);
-        let key = self.table.insert(Entry {
-            conn,
-            handed,
-            peer,
-            registered: false,
-        });
-        self.publish_open();
-        let Some(entry) = self.table.get_mut(key) else {
-            return;
-        };
-        // The request is often already here (always, with TCP_DEFER_ACCEPT): serve it now,
-        // before registering. A connection that is done at once (a `Connection: close` request)
-        // then never costs the two epoll_ctl calls; one that stays is registered, and epoll
-        // reports at once what arrived meanwhile.
-        let status = entry.conn.ready(&mut self.ctx);
-        if status != Status::Close {
-            let registered = self.poll.registry().register(
-                entry.conn.stream(),
-                key.token(),
-                Interest::READABLE | Interest::WRITABLE,
-            );
-            if let Err(e) = registered {
-                log::warn!("cannot register connection: {e}");
-                self.close(key);
-                return;
-            }
-            entry.registered = true;
-        }
-        self.apply(key, status);
-    }
-
-    fn conn_ready(&mut self, key: ConnKey) {
-        let Some(entry) = self.table.get_mut(key) else {
-            return;
-        };
-        self.ctx.peer = entry.peer;
-        let status = entry.conn.ready(&mut self.ctx);
-        self.apply(key, status);
-    }
-
-    /// Acts on what a connection said it wants.
-    fn apply(&mut self, key: ConnKey, status: Status) {
-        match status {
-            Status::Close => self.close(key),
-            Status::Yield => self.table.run_again(key),
-            Status::Open => {}
-        }
-    }
-
-    fn close(&mut self, key: ConnKey) {
-        if let Some(mut entry) = self.table.remove(key) {
-            if entry.registered {
-                let _ = self.poll.registry().deregister(entry.conn.stream());
-            }
-            if entry.handed {
-                // The primary may not have read our ack yet and still hold a copy: closing ours
-                // would then leave the FIN (and the teardown work) to it, later. Send it now.
-                let _ = entry.conn.stream().shutdown(std::net::Shutdown::Write);
-            }
-            self.uplink.closed();
-            self.publish_open();
-        }
-    }
-
-    fn sweep(&mut self) {
-        let now = self.ctx.now;
-        for key in self
-            .table
-            .keys_where(|e| e.conn.deadline().is_some_and(|d| d <= now))
-        {
-            if let Some(entry) = self.table.get_mut(key) {
-                self.ctx.peer = entry.peer;
-                let status = entry.conn.timed_out(&mut self.ctx);
-                self.apply(key, status);
-            }
-        }
-        let late = self.prefaces.as_ref().map(|p| p.late(now));
-        for key in late.unwrap_or_default() {
-            self.preface_close(
-                key,
-                Some("no complete header within the header timeout"),
-                true,
-            );
         }
     }
 
