@@ -60,7 +60,7 @@ impl Primary {
         for key in touched {
             self.flush(key);
         }
-        self.watch_for_room();
+        self.watch_for_room(window);
         if !self.stopping() {
             self.acceptor.maybe_resume(self.poll.registry());
         }
@@ -70,7 +70,11 @@ impl Primary {
     /// ack, so ask to be woken when a worker reads from its channel (that makes room); stop
     /// asking once nothing waits. A worker whose page lags behind its read is looked at again
     /// in a moment ([`ROOM_RETRY`]): its page changes with no event.
-    fn watch_for_room(&mut self) {
+    ///
+    /// A page can also change between the policy's pick and this look: the worker's read
+    /// woke the primary, which saw the page from before the worker published it. If a worker
+    /// has room by now, no later event would say so: look again in a moment too.
+    fn watch_for_room(&mut self, window: usize) {
         let waiting = self.acceptor.waiting() > 0;
         self.phase.room_retry = None;
         if !waiting && !self.phase.watching_reads {
@@ -78,13 +82,15 @@ impl Primary {
         }
         self.phase.watching_reads = waiting;
         let registry = self.poll.registry();
+        let stopping = self.phase.shutdown_deadline.is_some();
+        let now = Instant::now();
         let mut lags = false;
         for (_, p) in self.workers.procs_mut() {
             if !p.channel_closed {
                 if let Err(e) = p.link.watch_reads(registry, waiting) {
                     log::debug!("worker {} channel: {e}", p.pid);
                 }
-                lags |= waiting && p.link.page_lags();
+                lags |= waiting && (p.link.page_lags() || p.load(window, stopping, now).is_some());
             }
         }
         if lags {

@@ -206,18 +206,7 @@ impl<H: Handler> Runtime<H> {
             self.recycle_after = 0;
             self.ctx.outgoing.push_back(ToPrimary::Recycle);
         }
-        if self.admission.holds_any() || self.admission.paused() {
-            self.refill();
-        }
-        let all_sent = self.uplink.flush(self.poll.registry(), &mut self.ctx);
-        if self.uplink.gone() {
-            self.orphaned();
-        }
-        if all_sent {
-            for (stream, copied) in std::mem::take(&mut self.taken) {
-                self.add_conn(stream, copied);
-            }
-        }
+        self.take_in();
         self.faults.exit_if_tripped(self.open() == 0);
         if self.ctx.now >= self.next_sweep {
             self.next_sweep = self.ctx.now + SWEEP_EVERY;
@@ -228,6 +217,28 @@ impl<H: Handler> Runtime<H> {
         // which for a worker with no open connection may be never.
         if !self.ctx.outgoing.is_empty() || self.uplink.owes_reports() {
             self.uplink.flush(self.poll.registry(), &mut self.ctx);
+        }
+    }
+
+    /// Takes held connections while there is room and starts serving what this turn took.
+    /// A new connection is served at once, before it is registered, and may finish (a
+    /// `Connection: close` request): that makes room again, which no later event would tell,
+    /// so go round until nothing more is taken.
+    fn take_in(&mut self) {
+        loop {
+            if self.admission.holds_any() || self.admission.paused() {
+                self.refill();
+            }
+            let all_sent = self.uplink.flush(self.poll.registry(), &mut self.ctx);
+            if self.uplink.gone() {
+                self.orphaned();
+            }
+            if !all_sent || self.taken.is_empty() {
+                return;
+            }
+            for (stream, copied) in std::mem::take(&mut self.taken) {
+                self.add_conn(stream, copied);
+            }
         }
     }
 
