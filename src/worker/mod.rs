@@ -11,6 +11,7 @@
 //! `faults` (testing switches).
 
 mod admission;
+mod ending;
 mod faults;
 #[cfg(feature = "tokio")]
 pub(crate) mod intake;

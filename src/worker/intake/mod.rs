@@ -9,6 +9,7 @@
 //! channel, acks, close reports, statistics and messages are the same code as for a
 //! [`super::Handler`], and only the serving of connections moves to the other loop.
 
+use super::ending::Ending;
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
@@ -84,10 +85,7 @@ pub struct Intake {
     /// The caller takes no more connections: handed ones are refused (the primary hands
     /// them to another worker) and listeners are closed.
     closed: bool,
-    orphan_grace: Duration,
-    orphan_deadline: Option<Instant>,
-    /// The cluster has a drain delay: `SIGTERM` only marks the worker as leaving.
-    leave_on_term: bool,
+    ending: Ending,
     /// What this worker publishes to the primary (connections read, held, served; busy or
     /// idle is the async runtime's to flip, see [`Intake::status_page`]).
     publish: Publisher,
@@ -141,9 +139,7 @@ impl Intake {
             requests: 0,
             inbox: VecDeque::new(),
             closed: false,
-            orphan_grace: env.orphan_grace,
-            orphan_deadline: None,
-            leave_on_term: env.leave_on_term,
+            ending: Ending::new(env),
             publish: Publisher::from_env(env),
         };
         log::info!("worker {} started", std::process::id());
@@ -217,7 +213,7 @@ impl Intake {
             .as_ref()
             .filter(|p| !p.is_empty())
             .map(|_| self.next_sweep);
-        match (sweep, self.orphan_deadline) {
+        match (sweep, self.ending.deadline()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
@@ -316,7 +312,7 @@ impl Intake {
 
     /// The time past which an orphaned worker stops waiting for its connections.
     pub fn orphan_deadline(&self) -> Option<Instant> {
-        self.orphan_deadline
+        self.ending.deadline()
     }
 
     /// Sends the final statistics (the caller is done).
@@ -417,32 +413,13 @@ impl Intake {
     }
 
     fn on_signals(&mut self) {
-        for sig in self.signals.pending() {
-            match sig {
-                // A terminal's Ctrl-C reaches the whole process group; the primary coordinates.
-                Signal::SIGINT | Signal::SIGHUP => {}
-                // systemd signals the whole group: with a drain delay, the primary decides when
-                // to stop; until then, keep serving as a leaving host.
-                Signal::SIGTERM if self.leave_on_term => {
-                    if !self.ctx.leaving {
-                        log::info!("worker {}: host leaving (SIGTERM)", std::process::id());
-                        self.ctx.leaving = true;
-                    }
-                }
-                _ => self.start_drain(),
-            }
+        if self.ending.drains_on(self.signals.pending(), &mut self.ctx) {
+            self.start_drain();
         }
     }
 
     fn orphaned(&mut self) {
-        if self.orphan_deadline.is_none() {
-            log::info!(
-                "worker {}: primary went away; draining (at most {:?})",
-                std::process::id(),
-                self.orphan_grace
-            );
-            self.orphan_deadline = Some(crate::deadline_after(self.orphan_grace));
-        }
+        self.ending.orphaned();
         self.start_drain();
     }
 

@@ -1,5 +1,6 @@
 //! The worker's loop: reads the channel, takes and serves connections, acks, drains.
 
+use super::ending::Ending;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
@@ -44,10 +45,7 @@ pub struct Runtime<H: Handler> {
     faults: Faults,
     next_sweep: Instant,
     /// How long to go on once the primary is gone, and the time that ends then.
-    orphan_grace: Duration,
-    orphan_deadline: Option<Instant>,
-    /// The cluster has a drain delay: `SIGTERM` only marks the worker as leaving.
-    leave_on_term: bool,
+    ending: Ending,
     /// Requests after which the primary is asked for a replacement (once; 0: never).
     recycle_after: u64,
     /// What this worker publishes to the primary (busy or idle, connections read).
@@ -81,9 +79,7 @@ impl<H: Handler> Runtime<H> {
             connections: 0,
             faults: Faults::from_env(env.id),
             next_sweep: now + SWEEP_EVERY,
-            orphan_grace: env.orphan_grace,
-            orphan_deadline: None,
-            leave_on_term: env.leave_on_term,
+            ending: Ending::new(env),
             recycle_after: env.max_requests,
             publish: Publisher::from_env(env),
         })
@@ -110,7 +106,7 @@ impl<H: Handler> Runtime<H> {
             } else {
                 Some(SWEEP_EVERY)
             };
-            let timeout = match self.orphan_deadline {
+            let timeout = match self.ending.deadline() {
                 Some(d) => {
                     let left = d.saturating_duration_since(Instant::now());
                     Some(timeout.map_or(left, |t| t.min(left)))
@@ -141,11 +137,11 @@ impl<H: Handler> Runtime<H> {
             if self.ctx.draining && self.open() == 0 && !self.admission.holds_any() {
                 break;
             }
-            if self.orphan_deadline.is_some_and(|d| self.ctx.now >= d) {
+            if self.ending.deadline().is_some_and(|d| self.ctx.now >= d) {
                 log::warn!(
                     "worker {}: primary gone for {:?}; exiting with {} connections unfinished",
                     std::process::id(),
-                    self.orphan_grace,
+                    self.ending.grace(),
                     self.open()
                 );
                 break;
@@ -344,33 +340,14 @@ impl<H: Handler> Runtime<H> {
     }
 
     fn on_signals(&mut self) {
-        for sig in self.signals.pending() {
-            match sig {
-                // A terminal's Ctrl-C reaches the whole process group; the primary coordinates.
-                Signal::SIGINT | Signal::SIGHUP => {}
-                // systemd signals the whole group: with a drain delay, the primary decides when
-                // to stop; until then, keep serving as a leaving host.
-                Signal::SIGTERM if self.leave_on_term => {
-                    if !self.ctx.leaving {
-                        log::info!("worker {}: host leaving (SIGTERM)", std::process::id());
-                        self.ctx.leaving = true;
-                    }
-                }
-                _ => self.start_drain(),
-            }
+        if self.ending.drains_on(self.signals.pending(), &mut self.ctx) {
+            self.start_drain();
         }
     }
 
     /// The primary is gone: finish what is in flight, within the grace it gave us.
     fn orphaned(&mut self) {
-        if self.orphan_deadline.is_none() {
-            log::info!(
-                "worker {}: primary went away; draining (at most {:?})",
-                std::process::id(),
-                self.orphan_grace
-            );
-            self.orphan_deadline = Some(crate::deadline_after(self.orphan_grace));
-        }
+        self.ending.orphaned();
         self.start_drain();
     }
 
