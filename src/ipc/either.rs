@@ -3,6 +3,7 @@
 //! policies, reload, shutdown and statistics use this and do not care which.
 
 use std::os::fd::OwnedFd;
+use std::time::Duration;
 
 use mio::event::Source;
 use mio::{Interest, Registry, Token};
@@ -108,6 +109,15 @@ impl Link {
         }
     }
 
+    /// How long a herd worker's loop has been busy without waiting (from its page); zero for
+    /// a Node worker, which publishes nothing (a stuck Node loop shows as unacked instead).
+    pub fn busy_for(&self, now_ns: u64) -> Duration {
+        match self {
+            Link::Herd(l) => l.busy_for(now_ns),
+            Link::Node(_) => Duration::ZERO,
+        }
+    }
+
     /// Connections handed over and not yet taken (what the handoff window bounds). A Node
     /// worker: not acked.
     pub fn outstanding(&self) -> usize {
@@ -123,6 +133,14 @@ impl Link {
         match self {
             Link::Herd(l) => l.page_lags(),
             Link::Node(_) => false,
+        }
+    }
+
+    /// The worker read from its channel: herd workers' pages may lag behind the read (see
+    /// [`WorkerLink::confirm_reads`]); a Node worker acks instead.
+    pub fn confirm_reads(&mut self) {
+        if let Link::Herd(l) = self {
+            l.confirm_reads();
         }
     }
 

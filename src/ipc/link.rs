@@ -21,6 +21,7 @@
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
+use std::time::Duration;
 
 use mio::event::Source;
 use mio::{Interest, Registry, Token};
@@ -44,6 +45,8 @@ pub struct WorkerLink {
     status: Option<StatusPage>,
     /// Connections sent in total, minus those read back (compared with the worker's count).
     sent_conns: u64,
+    /// Sent connections the kernel said were all read, when the page did not show it yet.
+    read_all_at: u64,
 }
 
 impl WorkerLink {
@@ -57,6 +60,7 @@ impl WorkerLink {
             queued_conns: 0,
             status: None,
             sent_conns: 0,
+            read_all_at: 0,
         }
     }
 
@@ -101,7 +105,7 @@ impl WorkerLink {
             return self.in_flight.len() as u64;
         };
         self.sent_conns
-            .saturating_sub(s.received)
+            .saturating_sub(s.received.max(self.read_all_at))
             .saturating_add(s.held)
     }
 
@@ -110,8 +114,29 @@ impl WorkerLink {
     /// event), so the page is about to change with no further event. Costs a syscall only
     /// when the page shows unread connections.
     pub fn page_lags(&self) -> bool {
+        self.status().is_some_and(|s| {
+            self.sent_conns > s.received.max(self.read_all_at) && self.unread() == 0
+        })
+    }
+
+    /// The worker read from its channel (it woke the primary): if its page does not show
+    /// everything sent as read, asks the kernel once (one syscall), and counts what it says
+    /// was read. The worker counts what it read a moment after the read wakes the primary,
+    /// and no event would tell when it has.
+    pub fn confirm_reads(&mut self) {
+        if self.page_lags() {
+            self.read_all_at = self.sent_conns;
+        }
+    }
+
+    /// How long the worker's loop has been handling events without waiting, at `now_ns`
+    /// ([`super::monotonic_ns`]): zero when it waits, or publishes nothing.
+    pub fn busy_for(&self, now_ns: u64) -> Duration {
         self.status()
-            .is_some_and(|s| self.sent_conns > s.received && self.unread() == 0)
+            .filter(|s| s.busy)
+            .map_or(Duration::ZERO, |s| {
+                Duration::from_nanos(now_ns.saturating_sub(s.busy_since))
+            })
     }
 
     /// True when the worker's loop waits for events and it has read everything handed to it.
@@ -249,6 +274,7 @@ impl WorkerLink {
             self.in_flight.remove(id);
         }
         self.sent_conns = self.sent_conns.saturating_sub(back.len() as u64);
+        self.read_all_at = self.read_all_at.min(self.sent_conns);
         self.endpoint.requeue_front(again);
         back.sort_by_key(|(id, _)| *id);
         back

@@ -35,7 +35,7 @@ pub use either::{Inbound, Link};
 pub use endpoint::{Delivery, Endpoint, Envelope};
 pub use lanes::{MAX_QUEUED_BYTES, MAX_QUEUED_MESSAGES};
 pub use link::WorkerLink;
-pub use status::{Status, StatusPage};
+pub use status::{monotonic_ns, Status, StatusPage};
 pub use wire::{
     ConnId, Incoming, Outgoing, ToPrimary, ToWorker, WorkerStats, MAX_ACK_IDS, MAX_CONN_BATCH,
     MAX_MESSAGE,

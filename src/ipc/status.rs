@@ -4,7 +4,9 @@
 //!
 //! - whether the worker's loop is running (busy) or waiting for events (idle): flipped by the
 //!   worker around its event handling, so a worker in a 1 s request is busy at once, with an
-//!   empty channel;
+//!   empty channel; and since when it is busy (the word holds the monotonic clock's reading
+//!   when the stretch began, 0 when idle), so the primary can tell a worker in a short turn
+//!   from one stuck in a long request;
 //! - how many connections it has read from its channel: with the count the primary sent, what
 //!   still waits for the worker, unread;
 //! - how many of those it holds unserved (at its `--max-connections`);
@@ -27,6 +29,16 @@ const TIGHT: usize = 2;
 const HELD: usize = 3;
 const OPEN: usize = 4;
 
+/// The monotonic clock in nanoseconds: the same clock in every process of the machine, so a
+/// worker's "busy since" compares with the primary's "now".
+pub fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
+        let secs = u64::try_from(t.tv_sec()).unwrap_or(0);
+        let nanos = u64::try_from(t.tv_nsec()).unwrap_or(0);
+        secs.saturating_mul(1_000_000_000).saturating_add(nanos)
+    })
+}
+
 /// One worker's status page (either side).
 #[derive(Debug)]
 pub struct StatusPage {
@@ -40,6 +52,8 @@ pub struct Status {
     pub received: u64,
     /// Its loop is handling events (not waiting in `epoll`).
     pub busy: bool,
+    /// When its loop began handling events ([`monotonic_ns`]), if busy.
+    pub busy_since: u64,
     /// It is close to its descriptor limit.
     pub tight: bool,
     /// Connections it read and holds unserved, at its connection limit.
@@ -70,18 +84,22 @@ impl StatusPage {
     pub fn read(&self) -> Status {
         let w = self.words.words();
         let received = w[RECEIVED].load(Ordering::Acquire);
+        let busy_since = w[BUSY].load(Ordering::Acquire);
         Status {
             received,
-            busy: w[BUSY].load(Ordering::Acquire) != 0,
+            busy: busy_since != 0,
+            busy_since,
             tight: w[TIGHT].load(Ordering::Relaxed) != 0,
             held: w[HELD].load(Ordering::Relaxed),
             open: w[OPEN].load(Ordering::Relaxed),
         }
     }
 
-    /// Worker: its loop starts (`true`) or stops (`false`) handling events.
+    /// Worker: its loop starts (`true`) or stops (`false`) handling events. Starting reads the
+    /// clock (a vDSO call, no syscall) and publishes when.
     pub fn set_busy(&self, busy: bool) {
-        self.words.words()[BUSY].store(u64::from(busy), Ordering::Release);
+        let word = if busy { monotonic_ns().max(1) } else { 0 };
+        self.words.words()[BUSY].store(word, Ordering::Release);
     }
 
     /// Worker: it has read `n` more connections from its channel.
@@ -114,6 +132,13 @@ mod tests {
         let (primary, fd) = StatusPage::create().unwrap();
         assert!(primary.read().busy, "busy until the loop first waits");
         let worker = StatusPage::open(&fd).unwrap();
+        let before = monotonic_ns();
+        worker.set_busy(true);
+        let since = primary.read().busy_since;
+        assert!(
+            since >= before && since <= monotonic_ns(),
+            "busy since when it said so"
+        );
         worker.set_busy(false);
         worker.add_received(3);
         worker.set_tight(true);
@@ -124,6 +149,7 @@ mod tests {
             Status {
                 received: 3,
                 busy: false,
+                busy_since: 0,
                 tight: true,
                 held: 2,
                 open: 5,

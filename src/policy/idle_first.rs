@@ -1,9 +1,9 @@
 //! `idle-first`: the next connection goes to a worker that is idle right now, in rotation among
 //! the idle ones; when none is, to the one with the fewest connections waiting for it (handed
-//! and not yet read) plus the ones it serves, ties in rotation. Counting the ones it serves
-//! too keeps a worker that reads its channel quickly from collecting most of a burst of
-//! keep-alive connections (fewest waiting alone favours it every time), and still avoids a
-//! worker stuck in a long request (its connections do not finish).
+//! and not yet read) plus the ones it serves, ties in rotation; a worker that has been on one
+//! connection's step for [`STUCK_AFTER`] (inside a long request) comes last. Counting the ones it
+//! serves too keeps a worker that reads its channel quickly from collecting most of a burst of
+//! keep-alive connections (fewest waiting alone favours it every time).
 //!
 //! Idle means both: the worker's loop is waiting for events (not running a handler), and it has
 //! read everything the primary sent it. Herd's workers publish both in a page of memory shared
@@ -11,10 +11,25 @@
 //! and no syscall: a worker that took a 1 s request a moment ago is busy although its channel is
 //! empty. This is what the shared listener gets from the kernel (a busy worker does not call
 //! `accept`), without its unevenness on keep-alive connections.
+//!
+//! The page also says since when a worker works on the step of a connection it is in (stamped
+//! as each step starts, so a turn of many short requests is not one long stretch). That
+//! matters when every worker is busy, as under a saturating load: counts alone split the
+//! waiting connections evenly, so a worker inside a 5 ms request collects as many as one that
+//! finishes a request every few microseconds, and they all wait the 5 ms. A worker on one step
+//! for [`STUCK_AFTER`] is inside a long request (or was preempted): the connections go to the
+//! others while any is not.
+
+use std::time::Duration;
 
 use super::{Balancer, Load};
 
-/// Idle workers first, in rotation; otherwise the shortest wait.
+/// A worker that has been on one connection's step this long is inside a long request: it gets
+/// connections only when every worker is. Longer than a fast request takes, short next to the
+/// requests that make a tail (and than the queueing they cause).
+pub const STUCK_AFTER: Duration = Duration::from_micros(500);
+
+/// Idle workers first, in rotation; otherwise the shortest wait, long-busy ones last.
 #[derive(Debug, Default)]
 pub struct IdleFirst {
     next: usize,
@@ -29,7 +44,12 @@ impl Balancer for IdleFirst {
             Some((i, _)) => i,
             None => {
                 live()
-                    .min_by_key(|(_, l)| l.waiting.saturating_add(l.serving))?
+                    .min_by_key(|(_, l)| {
+                        (
+                            l.busy_for >= STUCK_AFTER,
+                            l.waiting.saturating_add(l.serving),
+                        )
+                    })?
                     .0
             }
         };
@@ -48,6 +68,7 @@ mod tests {
             idle: true,
             waiting: 0,
             serving: 0,
+            busy_for: Duration::ZERO,
         })
     }
 
@@ -57,6 +78,14 @@ mod tests {
             idle: false,
             waiting,
             serving: 1,
+            busy_for: Duration::from_micros(20),
+        })
+    }
+
+    fn stuck(waiting: u64) -> Option<Load> {
+        busy(waiting).map(|l| Load {
+            busy_for: STUCK_AFTER * 4,
+            ..l
         })
     }
 
@@ -74,5 +103,18 @@ mod tests {
         assert_eq!(p.pick(&[busy(1), busy(1), None]), Some(0), "ties rotate");
         assert_eq!(p.pick(&[busy(1), busy(1), None]), Some(1));
         assert_eq!(p.pick(&[None, None]), None);
+    }
+
+    #[test]
+    fn a_worker_inside_a_long_request_comes_last() {
+        let mut p = IdleFirst::default();
+        assert_eq!(
+            p.pick(&[stuck(0), busy(5)]),
+            Some(1),
+            "even with more waiting"
+        );
+        assert_eq!(p.pick(&[stuck(0), busy(5)]), Some(1));
+        assert_eq!(p.pick(&[stuck(2), stuck(1)]), Some(1), "all stuck: counts");
+        assert_eq!(p.pick(&[stuck(0), idle()]), Some(1));
     }
 }

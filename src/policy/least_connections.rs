@@ -29,6 +29,7 @@ impl Balancer for LeastConnections {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn l(open: u64) -> Option<Load> {
         Some(Load {
@@ -36,6 +37,7 @@ mod tests {
             idle: true,
             waiting: 0,
             serving: 0,
+            busy_for: Duration::ZERO,
         })
     }
 

@@ -16,6 +16,7 @@ mod shared;
 
 use std::fmt;
 use std::str::FromStr;
+use std::time::Duration;
 
 pub use idle_first::IdleFirst;
 pub use least_connections::LeastConnections;
@@ -32,6 +33,9 @@ pub struct Load {
     pub waiting: u64,
     /// Connections it serves now, as it last published (else as the primary counts them).
     pub serving: u64,
+    /// How long its loop has been busy without waiting for events (zero when it waits, or
+    /// publishes nothing): a long stretch is a long request.
+    pub busy_for: Duration,
 }
 
 /// Chooses a worker for each connection the primary accepted.

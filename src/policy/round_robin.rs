@@ -22,6 +22,7 @@ impl Balancer for RoundRobin {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn rotates_and_skips_unavailable() {
@@ -30,6 +31,7 @@ mod tests {
             idle: true,
             waiting: 0,
             serving: 0,
+            busy_for: Duration::ZERO,
         });
         let mut rr = RoundRobin::default();
         let picks: Vec<_> = (0..6).map(|_| rr.pick(&[l, l, l]).unwrap()).collect();

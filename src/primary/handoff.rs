@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use super::workers::{ProcKey, SlotIndex};
 use super::Primary;
+use crate::ipc::monotonic_ns;
 
 /// How soon to look again at a worker that has read what it was given but not yet said so in
 /// its page (a matter of microseconds).
@@ -25,6 +26,7 @@ impl Primary {
             self.config.handoff_window
         };
         let now = Instant::now();
+        let now_ns = monotonic_ns();
         let Primary {
             balancer,
             loads,
@@ -39,7 +41,7 @@ impl Primary {
             loads.extend(workers.slots().iter().map(|s| {
                 s.current
                     .and_then(|k| workers.get(k))
-                    .and_then(|p| p.load(window, stopping, now))
+                    .and_then(|p| p.load(window, stopping, now, now_ns))
             }));
             let Some(i) = balancer.pick(loads) else {
                 break;
@@ -84,13 +86,15 @@ impl Primary {
         let registry = self.poll.registry();
         let stopping = self.phase.shutdown_deadline.is_some();
         let now = Instant::now();
+        let now_ns = monotonic_ns();
         let mut lags = false;
         for (_, p) in self.workers.procs_mut() {
             if !p.channel_closed {
                 if let Err(e) = p.link.watch_reads(registry, waiting) {
                     log::debug!("worker {} channel: {e}", p.pid);
                 }
-                lags |= waiting && (p.link.page_lags() || p.load(window, stopping, now).is_some());
+                lags |= waiting
+                    && (p.link.page_lags() || p.load(window, stopping, now, now_ns).is_some());
             }
         }
         if lags {

@@ -114,7 +114,7 @@ impl Proc {
     /// Its load, if it can take another connection now under a handoff window of `window`.
     /// During a shutdown (`stopping`) a disconnecting worker still takes connections: they
     /// are the last ones, and nobody else will serve them.
-    pub fn load(&self, window: usize, stopping: bool, now: Instant) -> Option<Load> {
+    pub fn load(&self, window: usize, stopping: bool, now: Instant, now_ns: u64) -> Option<Load> {
         let takes = match self.state {
             State::Online => true,
             State::Disconnecting => stopping,
@@ -127,6 +127,7 @@ impl Proc {
                 idle: self.link.idle(),
                 waiting: self.link.waiting(),
                 serving: self.link.status().map_or(self.open, |s| s.open),
+                busy_for: self.link.busy_for(now_ns),
             }
         })
     }

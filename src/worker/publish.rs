@@ -54,6 +54,15 @@ impl Publisher {
         }
     }
 
+    /// The loop starts on one connection's work (a step of its request): the busy stretch the
+    /// page shows starts again, so a long stretch means one long request, not a turn of many
+    /// short ones (the primary's `idle-first` keeps new connections away from the former).
+    pub fn working(&self) {
+        if let Some(p) = &self.page {
+            p.set_busy(true);
+        }
+    }
+
     /// A packet of connections arrived with these sockets: says whether the newest is close
     /// to the descriptor limit.
     pub fn arrived(&self, fds: &[OwnedFd]) {

@@ -60,6 +60,7 @@ impl<H: Handler> Runtime<H> {
     /// Hands a connection to the handler; `peer` is the client its PROXY header named.
     fn serve(&mut self, stream: TcpStream, handed: bool, peer: Option<std::net::SocketAddr>) {
         self.ctx.peer = peer;
+        self.publish.working();
         let conn = self.handler.connect(stream, &mut self.ctx);
         let key = self.table.insert(Entry {
             conn,
@@ -97,6 +98,7 @@ impl<H: Handler> Runtime<H> {
             return;
         };
         self.ctx.peer = entry.peer;
+        self.publish.working();
         let status = entry.conn.ready(&mut self.ctx);
         self.apply(key, status);
     }
