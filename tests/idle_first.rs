@@ -1,6 +1,7 @@
 //! `idle-first` (issue 13): a worker stuck in a long request gets none of the next connections
 //! while another is idle, and gets them again once it is free. No timing assertion: the test
 //! only looks at which worker answered, and checks that the long request was still running.
+//! And what waits unread for a worker inside a long request moves to one that is free.
 
 mod common;
 
@@ -94,4 +95,76 @@ fn idle_first_is_listed_and_parsed() {
     let server = Server::start(&["--workers", "2", "--policy", "idle-first"]);
     assert!(server.find_log("(idle-first policy)").is_some());
     assert_eq!(get(server.addr(), "/").expect("served").status, 200);
+}
+
+/// Waits until every one of `pids` is running (spinning in `/work`).
+fn wait_running(pids: &[u32]) {
+    wait_for("both workers inside a long request", DEADLINE, || {
+        pids.iter()
+            .all(|&p| Stat::read(p).is_some_and(|s| s.state == 'R'))
+            .then_some(())
+    });
+}
+
+/// Sends `path` on a new connection, without reading the answer.
+fn send(server: &Server, path: &str) -> TcpStream {
+    let mut s = connect(server.addr());
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    s
+}
+
+/// Reads the pid an answer names (`Hello World! <pid>` or `/work`'s `<pid> ...`).
+fn answer_pid(s: TcpStream) -> u32 {
+    let r = read_response(&mut BufReader::new(s), false).expect("an answer");
+    assert_eq!(r.status, 200);
+    r.text()
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .next()
+        .expect("a pid in the answer")
+}
+
+/// One long (1 s) and one medium (0.2 s) request keep both workers busy while six quick
+/// connections come; once the medium one is answered, one more connection comes. Returns the
+/// quick answers' pids and the pid of the worker that was free, or `None` if the long request
+/// was over before they were answered (then the run proves nothing).
+fn quick_behind_long_requests(server: &Server, workers: &[u32]) -> Option<(Vec<u32>, u32)> {
+    workers.iter().for_each(|&w| wait_idle(w));
+    let long = send(server, "/work?us=1000000");
+    let medium = send(server, "/work?us=200000");
+    wait_running(workers);
+    // Both inside long requests: the quick connections are split between them.
+    let quick: Vec<TcpStream> = (0..6).map(|_| send(server, "/")).collect();
+    let free = answer_pid(medium);
+    // The next connection wakes the primary, which sees one worker free and takes back what
+    // waits unread for the other.
+    let next = send(server, "/");
+    let pids: Vec<u32> = quick.into_iter().chain([next]).map(answer_pid).collect();
+    let still_running = unanswered(&long);
+    answer_pid(long);
+    still_running.then_some((pids, free))
+}
+
+#[test]
+fn connections_waiting_behind_a_long_request_go_to_a_worker_that_is_free() {
+    let mut server = Launch::herd(&["--workers", "2", "--policy", "idle-first"])
+        .env("RUST_LOG", "herd=debug")
+        .start();
+    let workers = server.workers();
+    let (pids, free) = (0..ATTEMPTS)
+        .find_map(|_| quick_behind_long_requests(&server, &workers))
+        .expect("the long request outlived the quick ones at least once");
+    assert!(
+        pids.iter().all(|&p| p == free),
+        "every quick request answered by the free worker {free}: {pids:?}"
+    );
+    assert!(
+        server.find_log("inside a long request").is_some(),
+        "some were taken back from the busy worker's channel: {}",
+        server.log_text()
+    );
 }

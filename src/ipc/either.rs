@@ -219,6 +219,15 @@ impl Link {
         }
     }
 
+    /// Takes back what waits unread for a herd worker inside a long request (see
+    /// [`WorkerLink::rescue_unread`]); a Node worker's stream cannot be read back in pieces.
+    pub fn rescue_unread(&mut self) -> Vec<(ConnId, OwnedFd)> {
+        match self {
+            Link::Herd(l) => l.rescue_unread(),
+            Link::Node(_) => Vec::new(),
+        }
+    }
+
     /// User messages (and payload bytes) waiting to be sent.
     pub fn ordered_load(&self) -> (usize, usize) {
         match self {

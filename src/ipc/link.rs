@@ -47,6 +47,8 @@ pub struct WorkerLink {
     sent_conns: u64,
     /// Sent connections the kernel said were all read, when the page did not show it yet.
     read_all_at: u64,
+    /// Connections sent before the newest other message (a control or user message) left.
+    message_after: Option<u64>,
 }
 
 impl WorkerLink {
@@ -61,6 +63,7 @@ impl WorkerLink {
             status: None,
             sent_conns: 0,
             read_all_at: 0,
+            message_after: None,
         }
     }
 
@@ -175,10 +178,11 @@ impl WorkerLink {
     /// Sends what the socket takes: a given connection's socket is closed now, a kept one is
     /// kept until its ack. `Err` means the worker's end is gone.
     pub fn flush(&mut self, registry: &Registry) -> Result<(), IpcError> {
-        let (in_flight, queued, sent_conns) = (
+        let (in_flight, queued, sent_conns, message_after) = (
             &mut self.in_flight,
             &mut self.queued_conns,
             &mut self.sent_conns,
+            &mut self.message_after,
         );
         self.endpoint.flush(registry, |sent| match sent.msg {
             ToWorker::Conn { ids } => {
@@ -191,7 +195,7 @@ impl WorkerLink {
                 *sent_conns += ids.len() as u64;
                 // `sent.fds` drops here: the worker's copy is the only one now.
             }
-            _ => {}
+            _ => *message_after = Some(*sent_conns),
         })
     }
 
@@ -243,6 +247,22 @@ impl WorkerLink {
         back.extend(self.in_flight.drain());
         back.sort_by_key(|(id, _)| *id);
         back
+    }
+
+    /// Takes back the connections waiting unread in the channel of a worker that is alive
+    /// but busy (inside a long request), for another worker; nothing when none waits there
+    /// by its page, or when a control or user message may still wait unread among them
+    /// (reading it back would let the worker read a later one first).
+    pub fn rescue_unread(&mut self) -> Vec<(ConnId, OwnedFd)> {
+        let Some(s) = self.status() else {
+            return Vec::new();
+        };
+        let received = s.received.max(self.read_all_at);
+        let messages_read = self.message_after.is_none_or(|m| received > m);
+        if self.sent_conns <= received || !messages_read {
+            return Vec::new();
+        }
+        self.read_back()
     }
 
     /// Reads back every packet the worker has not read: their connections are returned (in id
@@ -393,6 +413,53 @@ mod tests {
             worker.recv().unwrap().unwrap().msg,
             ToWorker::Message(b"hi".to_vec()),
             "the message goes out again"
+        );
+    }
+
+    #[test]
+    fn what_waits_behind_a_long_request_is_rescued_unless_a_message_may_be_unread() {
+        let (a, b) = Channel::pair().unwrap();
+        let (page, page_fd) = StatusPage::create().unwrap();
+        let worker_page = StatusPage::open(&page_fd).unwrap();
+        let mut link = WorkerLink::new(a, Some(b.try_clone().unwrap())).published(page);
+        let mut worker: Endpoint<ToPrimary, ToWorker> = Endpoint::new(b);
+        let poll = mio::Poll::new().unwrap();
+        let ids = |v: Vec<(ConnId, OwnedFd)>| v.into_iter().map(|(id, _)| id.0).collect::<Vec<_>>();
+        link.hand(ConnId(1), sock());
+        link.flush(poll.registry()).unwrap();
+        assert!(worker.recv().unwrap().is_some());
+        worker_page.add_received(1);
+        assert!(ids(link.rescue_unread()).is_empty(), "nothing waits unread");
+        link.hand(ConnId(2), sock());
+        link.hand(ConnId(3), sock());
+        link.flush(poll.registry()).unwrap();
+        assert_eq!(ids(link.rescue_unread()), [2, 3]);
+        assert_eq!(link.waiting(), 0);
+        link.send(ToWorker::Message(b"hi".to_vec()));
+        link.hand(ConnId(4), sock());
+        link.flush(poll.registry()).unwrap();
+        assert!(
+            ids(link.rescue_unread()).is_empty(),
+            "the message may be unread: reading it back would reorder it"
+        );
+        // Handoffs leave before user messages: #4 first, then the message.
+        assert!(worker.recv().unwrap().is_some(), "#4");
+        assert!(worker.recv().unwrap().is_some(), "the message");
+        worker_page.add_received(1);
+        link.hand(ConnId(5), sock());
+        link.flush(poll.registry()).unwrap();
+        assert!(
+            ids(link.rescue_unread()).is_empty(),
+            "no handoff read after the message yet: it may still be unread"
+        );
+        assert!(worker.recv().unwrap().is_some(), "#5");
+        worker_page.add_received(1);
+        link.hand(ConnId(6), sock());
+        link.flush(poll.registry()).unwrap();
+        assert_eq!(
+            ids(link.rescue_unread()),
+            [6],
+            "the message was read: safe again"
         );
     }
 }

@@ -18,7 +18,8 @@
 //! waiting connections evenly, so a worker inside a 5 ms request collects as many as one that
 //! finishes a request every few microseconds, and they all wait the 5 ms. A worker on one step
 //! for [`STUCK_AFTER`] is inside a long request (or was preempted): the connections go to the
-//! others while any is not.
+//! others while any is not, and what already waits unread in its channel is taken back for
+//! them (the primary reads it back from its copy of the worker's end, as for a frozen worker).
 
 use std::time::Duration;
 
@@ -55,6 +56,10 @@ impl Balancer for IdleFirst {
         };
         self.next = chosen + 1;
         Some(chosen)
+    }
+
+    fn rescue_after(&self) -> Option<Duration> {
+        Some(STUCK_AFTER)
     }
 }
 

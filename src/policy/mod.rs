@@ -46,6 +46,12 @@ pub struct Load {
 pub trait Balancer: Send {
     /// Picks a slot for the next connection.
     fn pick(&mut self, workers: &[Option<Load>]) -> Option<usize>;
+
+    /// How long a worker may be busy on one step (inside one request) before the primary
+    /// takes back what waits unread in its channel, for the others; `None`: never.
+    fn rescue_after(&self) -> Option<Duration> {
+        None
+    }
 }
 
 /// How the listening sockets are laid out when workers accept for themselves.

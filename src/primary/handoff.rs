@@ -27,6 +27,9 @@ impl Primary {
         };
         let now = Instant::now();
         let now_ns = monotonic_ns();
+        if let Some(after) = self.balancer.rescue_after() {
+            self.rescue_from_long_requests(after, window, now, now_ns);
+        }
         let Primary {
             balancer,
             loads,
@@ -65,6 +68,42 @@ impl Primary {
         self.watch_for_room(window);
         if !self.stopping() {
             self.acceptor.maybe_resume(self.poll.registry());
+        }
+    }
+
+    /// Connections handed to a worker that has since spent `after` on one request wait for
+    /// the whole request in its channel: while another worker is not inside one, take them
+    /// back (a syscall per packet, only then) for the policy to place again.
+    fn rescue_from_long_requests(
+        &mut self,
+        after: Duration,
+        window: usize,
+        now: Instant,
+        now_ns: u64,
+    ) {
+        let stopping = self.stopping();
+        let free = self.workers.procs_mut().any(|(_, p)| {
+            p.load(window, stopping, now, now_ns)
+                .is_some_and(|l| l.busy_for < after)
+        });
+        if !free {
+            return;
+        }
+        let mut rescued = Vec::new();
+        for (_, p) in self.workers.procs_mut() {
+            if p.channel_closed || p.link.busy_for(now_ns) < after {
+                continue;
+            }
+            let back = p.link.rescue_unread();
+            if !back.is_empty() {
+                log::debug!("worker {} is inside a long request: {} connections it had not read go to the others", p.pid, back.len());
+                p.open = p.open.saturating_sub(back.len() as u64);
+                rescued.extend(back);
+            }
+        }
+        if !rescued.is_empty() {
+            rescued.sort_by_key(|(id, _)| *id);
+            self.acceptor.put_back(rescued);
         }
     }
 
