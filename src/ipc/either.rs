@@ -136,14 +136,6 @@ impl Link {
         }
     }
 
-    /// The worker read from its channel: herd workers' pages may lag behind the read (see
-    /// [`WorkerLink::confirm_reads`]); a Node worker acks instead.
-    pub fn confirm_reads(&mut self) {
-        if let Link::Herd(l) = self {
-            l.confirm_reads();
-        }
-    }
-
     /// While connections wait for room, wakes the loop each time a herd worker reads its
     /// channel (given connections bring no ack). A Node worker acks every connection, which
     /// wakes the loop already: nothing to do.

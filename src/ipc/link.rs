@@ -45,8 +45,6 @@ pub struct WorkerLink {
     status: Option<StatusPage>,
     /// Connections sent in total, minus those read back (compared with the worker's count).
     sent_conns: u64,
-    /// Sent connections the kernel said were all read, when the page did not show it yet.
-    read_all_at: u64,
     /// Connections sent before the newest other message (a control or user message) left.
     message_after: Option<u64>,
 }
@@ -62,7 +60,6 @@ impl WorkerLink {
             queued_conns: 0,
             status: None,
             sent_conns: 0,
-            read_all_at: 0,
             message_after: None,
         }
     }
@@ -108,7 +105,7 @@ impl WorkerLink {
             return self.in_flight.len() as u64;
         };
         self.sent_conns
-            .saturating_sub(s.received.max(self.read_all_at))
+            .saturating_sub(s.received)
             .saturating_add(s.held)
     }
 
@@ -117,19 +114,8 @@ impl WorkerLink {
     /// event), so the page is about to change with no further event. Costs a syscall only
     /// when the page shows unread connections.
     pub fn page_lags(&self) -> bool {
-        self.status().is_some_and(|s| {
-            self.sent_conns > s.received.max(self.read_all_at) && self.unread() == 0
-        })
-    }
-
-    /// The worker read from its channel (it woke the primary): if its page does not show
-    /// everything sent as read, asks the kernel once (one syscall), and counts what it says
-    /// was read. The worker counts what it read a moment after the read wakes the primary,
-    /// and no event would tell when it has.
-    pub fn confirm_reads(&mut self) {
-        if self.page_lags() {
-            self.read_all_at = self.sent_conns;
-        }
+        self.status()
+            .is_some_and(|s| self.sent_conns > s.received && self.unread() == 0)
     }
 
     /// How long the worker's loop has been handling events without waiting, at `now_ns`
@@ -257,9 +243,8 @@ impl WorkerLink {
         let Some(s) = self.status() else {
             return Vec::new();
         };
-        let received = s.received.max(self.read_all_at);
-        let messages_read = self.message_after.is_none_or(|m| received > m);
-        if self.sent_conns <= received || !messages_read {
+        let messages_read = self.message_after.is_none_or(|m| s.received > m);
+        if self.sent_conns <= s.received || !messages_read {
             return Vec::new();
         }
         self.read_back()
@@ -294,7 +279,6 @@ impl WorkerLink {
             self.in_flight.remove(id);
         }
         self.sent_conns = self.sent_conns.saturating_sub(back.len() as u64);
-        self.read_all_at = self.read_all_at.min(self.sent_conns);
         self.endpoint.requeue_front(again);
         back.sort_by_key(|(id, _)| *id);
         back

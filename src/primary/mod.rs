@@ -326,11 +326,6 @@ impl Primary {
                         self.read_worker(key);
                     }
                     if ev.is_writable() {
-                        if self.phase.watching_reads {
-                            if let Some(p) = self.workers.get_mut(key) {
-                                p.link.confirm_reads();
-                            }
-                        }
                         self.flush(key);
                     }
                 }
