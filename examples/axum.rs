@@ -17,6 +17,8 @@
 //! `--threads N` gives each worker a multi-thread runtime of N threads (default: one
 //! current-thread runtime per worker). `--alone [--threads N]` runs the same app without herd,
 //! on one tokio runtime with N threads (default 2): the baseline of the benchmark in the README.
+//! `--uncounted`: the workers serve the app without `herd::axum::counted` (no request count or
+//! latency in the statistics), the very app `--alone` serves (`benches/axum.sh`, `COUNTED=0`).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
@@ -34,6 +36,7 @@ struct Args {
     alone: bool,
     threads: Option<usize>,
     proxy_protocol: bool,
+    uncounted: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -45,6 +48,7 @@ fn parse_args() -> Result<Args, String> {
         alone: false,
         threads: None,
         proxy_protocol: false,
+        uncounted: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -65,6 +69,7 @@ fn parse_args() -> Result<Args, String> {
             }
             "--alone" => args.alone = true,
             "--proxy-protocol" => args.proxy_protocol = true,
+            "--uncounted" => args.uncounted = true,
             p if !p.starts_with('-') => {
                 args.port = p.parse().map_err(|_| format!("bad port: {p}"))?;
             }
@@ -175,7 +180,8 @@ fn main() -> Result<(), herd::Error> {
             b
         }
     };
-    cluster.run_tokio_on(runtime, |worker| async move {
+    let uncounted = args.uncounted;
+    cluster.run_tokio_on(runtime, move |worker| async move {
         let echo = worker.clone();
         tokio::spawn(async move {
             while let Some(msg) = echo.recv().await {
@@ -186,7 +192,12 @@ fn main() -> Result<(), herd::Error> {
             }
         });
         let listener = herd::axum::Listener::new(&worker).with_connect_info();
-        let app = herd::axum::counted(app(Some(worker.id())), &worker);
+        let app = app(Some(worker.id()));
+        let app = if uncounted {
+            app
+        } else {
+            herd::axum::counted(app, &worker)
+        };
         let app = app.into_make_service_with_connect_info::<SocketAddr>();
         axum::serve(listener, app)
             .with_graceful_shutdown(worker.stopped())
