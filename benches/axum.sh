@@ -84,6 +84,14 @@ start_server() {
   note "no listening line"; cat "$log" >&2; return 1
 }
 
+# failed NAME PORT: the server's log and who listens on PORT, then the server stopped.
+failed() {
+  note "$1: wrk failed on port $2; the server's log:"
+  tail -20 "$work/$1.log" >&2
+  ss -ltnp "sport = :$2" >&2 || true
+  stop_server
+}
+
 # measure NAME PORT WORKLOAD BIN ARGS...: prints "req/s cpu_us_per_request". Each side uses a
 # port of its own, so that none waits for another's port to be free.
 measure() {
@@ -91,12 +99,13 @@ measure() {
   start_server "$work/$name.log" "$port" "$@"
   local header=()
   [ "$workload" = close ] && header=(-H "Connection: close")
-  # A failed run stops its server before it gives up (this runs in a subshell of its own).
+  # A failed run shows its server's log and stops it before it gives up (this runs in a
+  # subshell of its own).
   wrk -t1 -c"$CONNECTIONS" -d"$WARMUP" "${header[@]}" "http://127.0.0.1:$port/" >/dev/null ||
-    { stop_server; return 1; }
+    { failed "$name" "$port"; return 1; }
   local before; before=$(cpu_ticks "$server_pid")
   wrk -t1 -c"$CONNECTIONS" -d"$DURATION" "${header[@]}" "http://127.0.0.1:$port/" \
-    >"$work/wrk.txt" || { stop_server; return 1; }
+    >"$work/wrk.txt" || { failed "$name" "$port"; return 1; }
   local after; after=$(cpu_ticks "$server_pid")
   stop_server
   local requests errors
