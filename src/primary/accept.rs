@@ -28,6 +28,8 @@ pub struct Acceptor {
     paused: bool,
     /// Not accepting until told (a primary started by an upgrade, until the old one hands over).
     held: bool,
+    /// Resting: not woken by each connection; the caller takes what gathered, then ends it.
+    resting: bool,
     /// After an accept error (EMFILE, ENOBUFS, ...): do not try again before this.
     retry_at: Option<Instant>,
     pending: VecDeque<(ConnId, OwnedFd)>,
@@ -51,6 +53,7 @@ impl Acceptor {
             listener,
             paused: false,
             held: false,
+            resting: false,
             retry_at: None,
             pending: VecDeque::new(),
             next_id: 0,
@@ -144,7 +147,7 @@ impl Acceptor {
     /// which for a limit of 1 means empty) and no accept error is resting it.
     pub fn maybe_resume(&mut self, registry: &Registry) {
         let room = self.pending.len() <= self.max_pending / 2;
-        if !self.paused || self.held || self.retry_at.is_some() || !room {
+        if !self.paused || self.held || self.resting || self.retry_at.is_some() || !room {
             return;
         }
         if let Some(l) = self.listener.as_mut() {
@@ -154,6 +157,26 @@ impl Acceptor {
                 Err(e) => log::error!("cannot resume listener: {e}"),
             }
         }
+    }
+
+    /// Stops being woken by each new connection until [`Acceptor::end_rest`]: connections
+    /// gather in the kernel's queue and the caller takes them together with
+    /// [`Acceptor::accept`].
+    pub fn rest(&mut self, registry: &Registry) {
+        self.resting = true;
+        self.pause(registry);
+    }
+
+    /// Ends [`Acceptor::rest`]: woken by each new connection again.
+    pub fn end_rest(&mut self, registry: &Registry) {
+        if std::mem::take(&mut self.resting) {
+            self.maybe_resume(registry);
+        }
+    }
+
+    /// True while resting.
+    pub fn resting(&self) -> bool {
+        self.resting
     }
 
     /// Stops accepting until [`Acceptor::unhold`] (the kernel's queue keeps what comes).

@@ -27,6 +27,7 @@ mod handoff;
 mod leave;
 mod messages;
 mod node;
+mod node_pace;
 mod observe;
 mod operate;
 mod reload;
@@ -298,8 +299,12 @@ impl Primary {
         if self.finished() {
             return Ok(true);
         }
+        let pace = self.pace_before_poll();
         let timeout = self
             .next_timer()
+            .into_iter()
+            .chain(pace)
+            .min()
             .map(|t| t.saturating_duration_since(Instant::now()));
         if let Err(e) = self.poll.poll(events, timeout) {
             if e.kind() != io::ErrorKind::Interrupted {
@@ -331,6 +336,7 @@ impl Primary {
                 }
             }
         }
+        self.pace_after_poll();
         self.dispatch();
         self.timers();
         self.apply_control();

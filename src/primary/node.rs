@@ -50,6 +50,8 @@ pub(super) struct Servers {
     servers: Vec<Server>,
     /// Keys that could not be bound (logged once).
     failed: HashSet<String>,
+    /// How the loop paces itself for Node workers.
+    pub(super) pace: super::node_pace::Pace,
 }
 
 impl Servers {

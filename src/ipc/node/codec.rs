@@ -9,10 +9,14 @@ use serde_json::{json, Map, Value};
 /// without bound.
 pub const MAX_LINE: usize = 1 << 20;
 
-/// Splits a byte stream into lines, keeping the partial tail for the next read.
+/// Splits a byte stream into lines, keeping the partial tail for the next read. Lines are
+/// handed out as slices of the buffer (no copy per line); what was handed out is dropped at
+/// the next [`LineReader::push`].
 #[derive(Debug, Default)]
 pub struct LineReader {
     buf: Vec<u8>,
+    /// Where the next line starts in `buf`.
+    start: usize,
     /// Bytes of an over-long line still being skipped.
     skipping: bool,
 }
@@ -20,28 +24,34 @@ pub struct LineReader {
 impl LineReader {
     /// Adds bytes read from the socket.
     pub fn push(&mut self, bytes: &[u8]) {
+        if self.start > 0 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
         self.buf.extend_from_slice(bytes);
     }
 
     /// The next complete line (without its `\n`), if one is there. `Err` for a line longer
     /// than [`MAX_LINE`], which is skipped.
-    pub fn next_line(&mut self) -> Option<Result<Vec<u8>, usize>> {
+    pub fn next_line(&mut self) -> Option<Result<&[u8], usize>> {
         loop {
-            match self.buf.iter().position(|&b| b == b'\n') {
+            let rest = &self.buf[self.start..];
+            match rest.iter().position(|&b| b == b'\n') {
                 Some(at) => {
-                    let mut line: Vec<u8> = self.buf.drain(..=at).collect();
-                    line.pop();
+                    let from = self.start;
+                    self.start += at + 1;
                     if std::mem::take(&mut self.skipping) {
                         continue;
                     }
-                    if line.len() > MAX_LINE {
-                        return Some(Err(line.len()));
+                    if at > MAX_LINE {
+                        return Some(Err(at));
                     }
-                    return Some(Ok(line));
+                    return Some(Ok(&self.buf[from..from + at]));
                 }
-                None if self.buf.len() > MAX_LINE => {
-                    let n = self.buf.len();
+                None if rest.len() > MAX_LINE => {
+                    let n = rest.len();
                     self.buf.clear();
+                    self.start = 0;
                     if !std::mem::replace(&mut self.skipping, true) {
                         return Some(Err(n));
                     }
@@ -266,10 +276,36 @@ pub fn json_key(key: &str) -> String {
 /// `newconn` for the server whose key is `json_key` (see [`json_key`]), to travel with the
 /// connection's descriptor. Written directly: this is the line of every handoff.
 pub fn newconn(json_key: &str, seq: u64) -> Vec<u8> {
+    newconn_with(&newconn_prefix(json_key), seq)
+}
+
+/// The part of every `newconn` line for the server `json_key` that does not change (all but
+/// the sequence number), rendered once per server.
+pub fn newconn_prefix(json_key: &str) -> Vec<u8> {
     format!(
-        "{{\"cmd\":\"NODE_HANDLE\",\"type\":\"net.Native\",\"msg\":{{\"cmd\":\"NODE_CLUSTER\",\"act\":\"newconn\",\"key\":{json_key},\"seq\":{seq}}}}}\n"
+        "{{\"cmd\":\"NODE_HANDLE\",\"type\":\"net.Native\",\"msg\":{{\"cmd\":\"NODE_CLUSTER\",\"act\":\"newconn\",\"key\":{json_key},\"seq\":"
     )
     .into_bytes()
+}
+
+/// A `newconn` line from its [`newconn_prefix`] and sequence number.
+pub fn newconn_with(prefix: &[u8], seq: u64) -> Vec<u8> {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut n = seq;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let mut out = Vec::with_capacity(prefix.len() + digits.len() - at + 3);
+    out.extend_from_slice(prefix);
+    out.extend_from_slice(&digits[at..]);
+    out.extend_from_slice(b"}}\n");
+    out
 }
 
 /// A round-robin answer to `queryServer` `ack`: no descriptor; the worker takes connections

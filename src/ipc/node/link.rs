@@ -25,7 +25,7 @@ use super::stream::Stream;
 use crate::ipc::{ConnId, IpcError};
 
 /// Most handle lines in flight on one channel (each waits for its `NODE_HANDLE_ACK`).
-pub const MAX_HANDLES_IN_FLIGHT: usize = 16;
+pub const MAX_HANDLES_IN_FLIGHT: usize = 64;
 
 /// One line waiting to be written.
 #[derive(Debug)]
@@ -73,10 +73,20 @@ pub struct NodeLink {
     queued_conns: usize,
     /// User messages (and their bytes) waiting to be written.
     user_load: (usize, usize),
-    /// The server key `newconn`s name, as a JSON string (the round-robin server this worker
+    /// Every `newconn` line up to its sequence number (for the round-robin server this worker
     /// listens on).
-    conn_key: Option<String>,
-    registered: Option<(Token, bool)>,
+    newconn_prefix: Vec<u8>,
+    /// The token, if registered, and the interest the descriptor is registered with (`None`:
+    /// taken out of the poll while lingering with nothing to write).
+    registered: Option<(Token, Option<Interest>)>,
+    /// Lines wait to be written and may be: writable interest is wanted.
+    want_write: bool,
+    /// The primary reads this channel on each turn of its loop instead of being woken by each
+    /// line the worker writes (see [`NodeLink::linger`]).
+    lingering: bool,
+    /// The last read came short: the socket held nothing more then, and any later line
+    /// brings a new readiness event, so no read to `EAGAIN` is needed.
+    drained: bool,
 }
 
 impl NodeLink {
@@ -95,8 +105,11 @@ impl NodeLink {
             awaiting: HashMap::new(),
             queued_conns: 0,
             user_load: (0, 0),
-            conn_key: None,
+            newconn_prefix: codec::newconn_prefix("\"\""),
             registered: None,
+            want_write: false,
+            lingering: false,
+            drained: false,
         }
     }
 
@@ -117,14 +130,14 @@ impl NodeLink {
 
     /// The server key connections are handed under (set by the round-robin reply).
     pub fn set_conn_key(&mut self, key: &str) {
-        self.conn_key = Some(codec::json_key(key));
+        self.newconn_prefix = codec::newconn_prefix(&codec::json_key(key));
     }
 
     /// Queues a connection as a `newconn` for the worker's round-robin server.
     pub fn hand(&mut self, id: ConnId, socket: OwnedFd) {
         let seq = self.next_seq();
         self.queued_conns += 1;
-        let line = codec::newconn(self.conn_key.as_deref().unwrap_or("\"\""), seq);
+        let line = codec::newconn_with(&self.newconn_prefix, seq);
         self.push(line, Some(socket), Some((seq, id)));
     }
 
@@ -254,8 +267,31 @@ impl NodeLink {
                 self.sent(done);
             }
         }
-        let want = !self.out.is_empty() && !self.blocked();
-        self.set_writable(registry, want).map_err(IpcError::Io)
+        self.want_write = !self.out.is_empty() && !self.blocked();
+        self.update_interest(registry).map_err(IpcError::Io)
+    }
+
+    /// True when the worker owes answers that nothing waits on urgently: connections were
+    /// handed and not answered, and the next handle line is not held back by acks. Such a
+    /// channel may [`linger`](NodeLink::linger).
+    pub fn may_linger(&self) -> bool {
+        !self.awaiting.is_empty() && !self.blocked() && !self.held
+    }
+
+    /// Lingering (`on`): the channel no longer wakes the primary when the worker writes (its
+    /// readable interest is off; a hang-up still does), and the primary reads it once per turn
+    /// instead. Under a stream of new connections each of a Node worker's two answers per
+    /// connection (`NODE_HANDLE_ACK`, then `{ack, accepted}`) would otherwise wake the primary
+    /// on its own; lingering, they are read together with the next accept. Turning it off
+    /// reports the channel readable at once if anything waits.
+    pub fn linger(&mut self, registry: &Registry, on: bool) -> io::Result<()> {
+        self.lingering = on;
+        self.update_interest(registry)
+    }
+
+    /// True while the channel lingers.
+    pub fn lingering(&self) -> bool {
+        self.lingering
     }
 
     fn sent(&mut self, done: Out) {
@@ -304,11 +340,18 @@ impl NodeLink {
 
     /// Reads what the worker sent and returns the next message, if any. [`IpcError::Closed`]
     /// once the worker closed its end and everything before was returned.
+    ///
+    /// A read that comes back shorter than the buffer found the socket empty: the call after
+    /// the messages it brought returns `None` without reading again (a line written since
+    /// then is a new readiness event), and the next call reads.
     pub fn recv(&mut self) -> Result<Option<Result<FromNode, DecodeError>>, IpcError> {
         if let Some(m) = self.inbox.pop_front() {
             return Ok(Some(m));
         }
         loop {
+            if std::mem::take(&mut self.drained) {
+                return Ok(None);
+            }
             match self.stream.recv(&mut self.scratch) {
                 Ok(0) => {
                     self.decode_lines();
@@ -318,6 +361,7 @@ impl NodeLink {
                     };
                 }
                 Ok(n) => {
+                    self.drained = n < self.scratch.len();
                     self.reader.push(&self.scratch[..n]);
                     self.decode_lines();
                     if !self.inbox.is_empty() {
@@ -333,8 +377,8 @@ impl NodeLink {
     fn decode_lines(&mut self) {
         while let Some(line) = self.reader.next_line() {
             match line {
-                Ok(l) if l.is_empty() => {}
-                Ok(l) => self.inbox.push_back(codec::decode(&l)),
+                Ok([]) => {}
+                Ok(l) => self.inbox.push_back(codec::decode(l)),
                 Err(n) => self
                     .inbox
                     .push_back(Err(DecodeError::Json(format!("a line of {n} bytes")))),
@@ -375,45 +419,64 @@ impl NodeLink {
         back
     }
 
-    fn set_writable(&mut self, registry: &Registry, want: bool) -> io::Result<()> {
-        match self.registered {
-            Some((token, on)) if on != want => {
-                let fd = self.stream.raw_fd();
-                registry.reregister(&mut SourceFd(&fd), token, interest(want))?;
-                self.registered = Some((token, want));
-                Ok(())
-            }
-            _ => Ok(()),
+    /// The interest the channel's state asks for. `None` while lingering with nothing to
+    /// write: the descriptor leaves the poll (any interest in reading, even `PRIORITY`, would
+    /// wake the loop at each line: a socket's readable callback names every read event).
+    fn interest(&self) -> Option<Interest> {
+        match (!self.lingering, self.want_write) {
+            (true, true) => Some(Interest::READABLE | Interest::WRITABLE),
+            (true, false) => Some(Interest::READABLE),
+            (false, true) => Some(Interest::WRITABLE),
+            (false, false) => None,
         }
     }
-}
 
-fn interest(writable: bool) -> Interest {
-    if writable {
-        Interest::READABLE | Interest::WRITABLE
-    } else {
-        Interest::READABLE
+    fn update_interest(&mut self, registry: &Registry) -> io::Result<()> {
+        let want = self.interest();
+        let Some((token, now)) = self.registered else {
+            return Ok(());
+        };
+        if now == want {
+            return Ok(());
+        }
+        let fd = self.stream.raw_fd();
+        let mut source = SourceFd(&fd);
+        match (now, want) {
+            (Some(_), Some(w)) => registry.reregister(&mut source, token, w)?,
+            (None, Some(w)) => registry.register(&mut source, token, w)?,
+            (Some(_), None) => registry.deregister(&mut source)?,
+            (None, None) => {}
+        }
+        self.registered = Some((token, want));
+        Ok(())
     }
 }
 
 impl Source for NodeLink {
     fn register(&mut self, registry: &Registry, token: Token, _: Interest) -> io::Result<()> {
-        let want = !self.out.is_empty();
-        SourceFd(&self.stream.raw_fd()).register(registry, token, interest(want))?;
-        self.registered = Some((token, want));
+        self.want_write = !self.out.is_empty();
+        self.lingering = false;
+        let want = Interest::READABLE;
+        let want = if self.want_write {
+            want | Interest::WRITABLE
+        } else {
+            want
+        };
+        SourceFd(&self.stream.raw_fd()).register(registry, token, want)?;
+        self.registered = Some((token, Some(want)));
         Ok(())
     }
 
-    fn reregister(&mut self, registry: &Registry, token: Token, _: Interest) -> io::Result<()> {
-        let want = !self.out.is_empty();
-        SourceFd(&self.stream.raw_fd()).reregister(registry, token, interest(want))?;
-        self.registered = Some((token, want));
-        Ok(())
+    fn reregister(&mut self, registry: &Registry, token: Token, i: Interest) -> io::Result<()> {
+        self.deregister(registry)?;
+        self.register(registry, token, i)
     }
 
     fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
-        self.registered = None;
-        SourceFd(&self.stream.raw_fd()).deregister(registry)
+        match self.registered.take() {
+            Some((_, Some(_))) => SourceFd(&self.stream.raw_fd()).deregister(registry),
+            _ => Ok(()),
+        }
     }
 }
 

@@ -138,11 +138,11 @@ fn lines_split_across_reads_and_partial_tails_wait() {
     r.push(b"\n");
     r.push(USER);
     r.push(b"\n{\"x\"");
-    assert_eq!(r.next_line(), Some(Ok(ONLINE.to_vec())));
-    assert_eq!(r.next_line(), Some(Ok(USER.to_vec())));
+    assert_eq!(r.next_line(), Some(Ok(ONLINE)));
+    assert_eq!(r.next_line(), Some(Ok(USER)));
     assert_eq!(r.next_line(), None);
     r.push(b":1}\n");
-    assert_eq!(r.next_line(), Some(Ok(b"{\"x\":1}".to_vec())));
+    assert_eq!(r.next_line(), Some(Ok(&b"{\"x\":1}"[..])));
 }
 
 #[test]
@@ -153,5 +153,17 @@ fn an_endless_line_is_dropped_not_buffered() {
     r.push(&[b'a'; 100]);
     assert_eq!(r.next_line(), None, "still inside the long line");
     r.push(b"aaa\n{}\n");
-    assert_eq!(r.next_line(), Some(Ok(b"{}".to_vec())));
+    assert_eq!(r.next_line(), Some(Ok(&b"{}"[..])));
+}
+
+#[test]
+fn the_prerendered_newconn_is_the_whole_line() {
+    let key = json_key("null:3000:4:undefined:0");
+    for seq in [0, 7, 10, 12345, u64::MAX] {
+        let want = handle(cluster(
+            fields(json!({"act": "newconn", "key": "null:3000:4:undefined:0"})),
+            seq,
+        ));
+        assert_eq!(newconn_with(&newconn_prefix(&key), seq), want, "seq {seq}");
+    }
 }

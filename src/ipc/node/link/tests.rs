@@ -101,3 +101,59 @@ fn at_most_max_handles_in_flight() {
         "sent and queued alike"
     );
 }
+
+#[test]
+fn a_lingering_channel_wakes_nobody_and_reports_what_waits_when_it_stops() {
+    use std::io::Write;
+    let (mine, mut worker) = Stream::pair().unwrap();
+    let mut link = NodeLink::new(mine);
+    let mut poll = mio::Poll::new().unwrap();
+    let mut events = mio::Events::with_capacity(8);
+    let token = Token(7);
+    poll.registry()
+        .register(&mut link, token, Interest::READABLE)
+        .unwrap();
+    assert!(!link.may_linger(), "owes nothing");
+    link.hand(ConnId(1), sock());
+    link.flush(poll.registry()).unwrap();
+    assert!(link.may_linger(), "owes the answer to a connection");
+    link.linger(poll.registry(), true).unwrap();
+    worker
+        .write_all(b"{\"cmd\":\"NODE_HANDLE_ACK\"}\n")
+        .unwrap();
+    poll.poll(&mut events, Some(std::time::Duration::from_millis(50)))
+        .unwrap();
+    assert!(
+        events.is_empty(),
+        "a lingering channel does not wake the loop"
+    );
+    // Read once per turn instead; a short read means nothing more is there.
+    assert_eq!(link.recv().unwrap().unwrap().unwrap(), FromNode::HandleAck);
+    assert!(link.recv().unwrap().is_none());
+    worker
+        .write_all(b"{\"cmd\":\"NODE_CLUSTER\",\"ack\":0,\"accepted\":true,\"seq\":0}\n")
+        .unwrap();
+    link.linger(poll.registry(), false).unwrap();
+    poll.poll(&mut events, Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    assert!(
+        events.iter().any(|e| e.token() == token && e.is_readable()),
+        "what waits is reported as soon as it stops lingering"
+    );
+    let reply = link.recv().unwrap().unwrap().unwrap();
+    assert_eq!(
+        reply,
+        FromNode::Reply {
+            ack: 0,
+            accepted: Some(true)
+        }
+    );
+    assert!(matches!(link.conn_reply(0, true), ConnReply::Taken));
+    // A worker that leaves while its channel lingers is found by the next read.
+    link.linger(poll.registry(), true).unwrap();
+    drop(worker);
+    assert!(link.recv().unwrap().is_none(), "the turn's last read");
+    // (Closed, or reset: the worker left a handle line unread.)
+    assert!(link.recv().is_err(), "then the end of the channel");
+    poll.registry().deregister(&mut link).unwrap();
+}
