@@ -266,4 +266,26 @@ mod tests {
         let (second, _) = a.pop().unwrap();
         assert!(second > first, "ids grow");
     }
+
+    #[test]
+    fn a_resting_listener_stays_paused_until_the_rest_ends() {
+        let poll = mio::Poll::new().unwrap();
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        let addr = l.local_addr().unwrap();
+        let mut a = Acceptor::new(Some(l), 16, poll.registry()).unwrap();
+        a.rest(poll.registry());
+        assert!(a.paused && a.resting());
+        a.maybe_resume(poll.registry());
+        assert!(a.paused, "a rest is not ended by room in the queue");
+        // What comes while it rests gathers in the kernel's queue and is taken in one go.
+        let _c: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(addr).unwrap()).collect();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while a.waiting() < 3 && Instant::now() < deadline {
+            a.accept(poll.registry());
+        }
+        assert_eq!(a.waiting(), 3);
+        a.end_rest(poll.registry());
+        assert!(!a.paused && !a.resting());
+    }
 }
