@@ -109,7 +109,7 @@ impl Link {
         }
     }
 
-    /// How long a herd worker's loop has been busy without waiting (from its page); zero for
+    /// How long a herd worker has been on its current piece of work (from its page); zero for
     /// a Node worker, which publishes nothing (a stuck Node loop shows as unacked instead).
     pub fn busy_for(&self, now_ns: u64) -> Duration {
         match self {

@@ -118,7 +118,8 @@ impl WorkerLink {
             .is_some_and(|s| self.sent_conns > s.received && self.unread() == 0)
     }
 
-    /// How long the worker's loop has been handling events without waiting, at `now_ns`
+    /// How long the worker has been on its current piece of work (since its loop stopped
+    /// waiting, or since the step of a connection it is in began), at `now_ns`
     /// ([`super::monotonic_ns`]): zero when it waits, or publishes nothing.
     pub fn busy_for(&self, now_ns: u64) -> Duration {
         self.status()

@@ -33,8 +33,9 @@ pub struct Load {
     pub waiting: u64,
     /// Connections it serves now, as it last published (else as the primary counts them).
     pub serving: u64,
-    /// How long its loop has been busy without waiting for events (zero when it waits, or
-    /// publishes nothing): a long stretch is a long request.
+    /// How long it has been on its current piece of work (the step of one connection, or a
+    /// turn of its loop; zero when it waits, or publishes nothing): a long one is a long
+    /// request.
     pub busy_for: Duration,
 }
 
