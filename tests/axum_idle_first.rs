@@ -7,11 +7,10 @@
 
 mod common;
 
-use std::io::{BufReader, ErrorKind, Write};
+use std::io::{BufReader, Write};
 use std::net::TcpStream;
 
 use common::*;
-use herd::procfs::Stat;
 
 /// Quick requests sent while one worker is stuck.
 const N: usize = 8;
@@ -20,24 +19,6 @@ const HELD: usize = 3;
 /// Attempts, in case a very loaded machine finishes the one-second request before the quick
 /// ones are done (then the run proves nothing and is tried again).
 const ATTEMPTS: usize = 5;
-
-/// Waits until `pid`'s thread sleeps (its runtime is parked: idle).
-fn wait_idle(pid: u32) {
-    wait_for(&format!("worker {pid} to be idle"), DEADLINE, || {
-        Stat::read(pid)
-            .is_some_and(|s| s.state == 'S')
-            .then_some(())
-    });
-}
-
-/// True while `s` has no answer yet.
-fn unanswered(s: &TcpStream) -> bool {
-    s.set_nonblocking(true).expect("nonblocking");
-    let mut b = [0u8; 1];
-    let pending = matches!(s.peek(&mut b), Err(e) if e.kind() == ErrorKind::WouldBlock);
-    s.set_nonblocking(false).expect("blocking");
-    pending
-}
 
 /// An idle keep-alive connection: its pid, and the socket to keep it open.
 fn open_idle(server: &Server) -> (u32, BufReader<TcpStream>) {

@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::io::{BufReader, ErrorKind, Write};
+use std::io::{BufReader, Write};
 use std::net::TcpStream;
 
 use common::*;
@@ -16,24 +16,6 @@ const N: usize = 10;
 /// Attempts, in case a very loaded machine finishes the one-second request before the N quick
 /// ones are done (then the run proves nothing and is tried again).
 const ATTEMPTS: usize = 5;
-
-/// Waits until `pid` sleeps (its loop waits in epoll: idle).
-fn wait_idle(pid: u32) {
-    wait_for(&format!("worker {pid} to be idle"), DEADLINE, || {
-        Stat::read(pid)
-            .is_some_and(|s| s.state == 'S')
-            .then_some(())
-    });
-}
-
-/// True while `s` has no answer yet.
-fn unanswered(s: &TcpStream) -> bool {
-    s.set_nonblocking(true).expect("nonblocking");
-    let mut b = [0u8; 1];
-    let pending = matches!(s.peek(&mut b), Err(e) if e.kind() == ErrorKind::WouldBlock);
-    s.set_nonblocking(false).expect("blocking");
-    pending
-}
 
 /// Starts a one-second `/work` request, then sends `N` quick requests, each once the worker
 /// that answered the previous one is idle again. Returns the quick answers' pids, the stuck

@@ -1,6 +1,6 @@
 //! Talking HTTP over real sockets: requests, raw exchanges, and parsing what comes back.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
@@ -157,4 +157,13 @@ pub fn serving_pid(addr: SocketAddr) -> u32 {
     let r = get(addr, "/").expect("GET / answered");
     assert_eq!(r.status, 200, "GET / status");
     r.pid()
+}
+
+/// True while `s` has no answer yet (peeks without waiting).
+pub fn unanswered(s: &TcpStream) -> bool {
+    s.set_nonblocking(true).expect("nonblocking");
+    let mut b = [0u8; 1];
+    let pending = matches!(s.peek(&mut b), Err(e) if e.kind() == ErrorKind::WouldBlock);
+    s.set_nonblocking(false).expect("blocking");
+    pending
 }

@@ -62,3 +62,12 @@ pub fn cpu_ticks(pid: u32) -> u64 {
 pub fn send_signal(pid: u32, sig: Signal) -> nix::Result<()> {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig)
 }
+
+/// Waits until `pid` sleeps: a worker whose loop (or parked runtime) waits for events is idle.
+pub fn wait_idle(pid: u32) {
+    wait_for(&format!("worker {pid} to be idle"), DEADLINE, || {
+        Stat::read(pid)
+            .is_some_and(|s| s.state == 'S')
+            .then_some(())
+    });
+}
