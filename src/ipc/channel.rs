@@ -55,6 +55,23 @@ impl Channel {
         Ok(Channel { fd })
     }
 
+    /// Takes a descriptor that arrived in a message (with `SCM_RIGHTS`, already close-on-exec):
+    /// checks that it is a `SOCK_SEQPACKET` socket and makes it non-blocking.
+    pub fn from_owned(fd: OwnedFd) -> io::Result<Channel> {
+        use nix::fcntl::{fcntl, FcntlArg, OFlag};
+        use nix::sys::socket::{getsockopt, sockopt};
+        if getsockopt(&fd, sockopt::SockType).map_err(io::Error::from)? != SockType::SeqPacket {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a SOCK_SEQPACKET socket",
+            ));
+        }
+        let raw = fd.as_raw_fd();
+        let fl = OFlag::from_bits_truncate(fcntl(raw, FcntlArg::F_GETFL).map_err(io::Error::from)?);
+        fcntl(raw, FcntlArg::F_SETFL(fl | OFlag::O_NONBLOCK)).map_err(io::Error::from)?;
+        Ok(Channel { fd })
+    }
+
     /// Sends one packet with `fds` attached (`SCM_RIGHTS`, at most [`MAX_CONN_BATCH`]). Never
     /// blocks.
     ///

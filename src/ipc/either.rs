@@ -69,6 +69,13 @@ impl Link {
         }
     }
 
+    /// Queues the overflow queue's reading end (herd workers; Node workers cannot read it).
+    pub fn share_overflow(&mut self, reader: OwnedFd) {
+        if let Link::Herd(l) = self {
+            l.share_overflow(reader);
+        }
+    }
+
     /// Connections handed over and not yet acked.
     pub fn unacked(&self) -> usize {
         match self {

@@ -152,6 +152,11 @@ impl WorkerLink {
         self.endpoint.queue(ToWorker::Listen, vec![listener]);
     }
 
+    /// Queues the reading end of idle-first's overflow queue.
+    pub fn share_overflow(&mut self, reader: OwnedFd) {
+        self.endpoint.queue(ToWorker::Overflow, vec![reader]);
+    }
+
     /// Connections handed over (queued or sent) and not yet acked.
     pub fn unacked(&self) -> usize {
         self.in_flight.len() + self.queued_conns

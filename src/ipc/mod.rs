@@ -10,6 +10,8 @@
 //!   (in two [`lanes`]: handoffs and acks never wait behind user messages), the writable
 //!   interest, a `mio` source that speaks typed messages;
 //! - [`WorkerLink`]: the primary's end, with what it handed over and not yet saw taken;
+//! - [`Overflow`]: idle-first's queue of connections shared by every herd worker, for when
+//!   none is idle;
 //! - [`StatusPage`]: what a herd worker publishes in memory shared with the primary (busy or
 //!   idle, connections read), read with no syscall.
 //!
@@ -25,6 +27,7 @@ mod endpoint;
 pub mod lanes;
 mod link;
 pub mod node;
+mod overflow;
 mod status;
 pub mod wire;
 
@@ -35,6 +38,7 @@ pub use either::{Inbound, Link};
 pub use endpoint::{Delivery, Endpoint, Envelope};
 pub use lanes::{MAX_QUEUED_BYTES, MAX_QUEUED_MESSAGES};
 pub use link::WorkerLink;
+pub use overflow::{Overflow, OverflowReader};
 pub use status::{monotonic_ns, Status, StatusPage};
 pub use wire::{
     ConnId, Incoming, Outgoing, ToPrimary, ToWorker, WorkerStats, MAX_ACK_IDS, MAX_CONN_BATCH,

@@ -48,6 +48,10 @@ pub enum ToWorker {
     },
     /// Accept connections on this listening socket yourself (shared and reuseport policies).
     Listen,
+    /// Take connections from this queue, shared by every worker, one at a time whenever you
+    /// have nothing else to do (idle-first's overflow, see [`super::Overflow`]). Its socket
+    /// travels with the packet.
+    Overflow,
     /// Stop taking new connections, finish what is in flight, then exit.
     Disconnect,
     /// Report your counters with [`ToPrimary::Stats`].
@@ -143,6 +147,7 @@ const T_STATS_REQ: u8 = 4;
 const T_MSG: u8 = 5;
 const T_LEAVING: u8 = 6;
 const T_GIVE: u8 = 7;
+const T_OVERFLOW: u8 = 8;
 const P_ONLINE: u8 = 101;
 const P_LISTENING: u8 = 102;
 const P_ACK: u8 = 103;
@@ -202,6 +207,7 @@ impl Outgoing for ToWorker {
             ToWorker::Conn { ids } => write_ids(T_CONN, ids, out),
             ToWorker::Give { ids } => write_ids(T_GIVE, ids, out),
             ToWorker::Listen => out.push(T_LISTEN),
+            ToWorker::Overflow => out.push(T_OVERFLOW),
             ToWorker::Disconnect => out.push(T_DISCONNECT),
             ToWorker::StatsRequest => out.push(T_STATS_REQ),
             ToWorker::Leaving => out.push(T_LEAVING),
@@ -240,6 +246,7 @@ impl Incoming for ToWorker {
                 ids: read_ids(body, MAX_CONN_BATCH)?,
             }),
             Some(&T_LISTEN) => Ok(ToWorker::Listen),
+            Some(&T_OVERFLOW) => Ok(ToWorker::Overflow),
             Some(&T_DISCONNECT) => Ok(ToWorker::Disconnect),
             Some(&T_STATS_REQ) => Ok(ToWorker::StatsRequest),
             Some(&T_LEAVING) => Ok(ToWorker::Leaving),
@@ -367,6 +374,7 @@ mod tests {
             },
             ToWorker::Give { ids: ids(&[7, 8]) },
             ToWorker::Listen,
+            ToWorker::Overflow,
             ToWorker::Disconnect,
             ToWorker::StatsRequest,
             ToWorker::Leaving,

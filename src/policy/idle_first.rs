@@ -1,6 +1,10 @@
 //! `idle-first`: the next connection goes to a worker that is idle right now, in rotation among
-//! the idle ones; when none is, to the one with the fewest connections waiting for it (handed
-//! and not yet read) plus the ones it serves, ties in rotation; a worker that has been on one
+//! the idle ones; when none is, with herd's own workers, to the overflow queue that every worker
+//! takes from, one connection at a time, as soon as it is done with what it has
+//! ([`crate::ipc::Overflow`]: the kernel's shared accept queue gets the tail right for the same
+//! reason). Otherwise (Node workers, or the overflow queue is full) to the one with the fewest
+//! connections waiting for it (handed and not yet read) plus the ones it serves, ties in
+//! rotation; a worker that has been on one
 //! connection's step for [`STUCK_AFTER`] (inside a long request) comes last. Counting the ones it
 //! serves too keeps a worker that reads its channel quickly from collecting most of a burst of
 //! keep-alive connections (fewest waiting alone favours it every time).
@@ -60,6 +64,10 @@ impl Balancer for IdleFirst {
 
     fn rescue_after(&self) -> Option<Duration> {
         Some(STUCK_AFTER)
+    }
+
+    fn overflow(&self) -> bool {
+        true
     }
 }
 

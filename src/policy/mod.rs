@@ -53,6 +53,12 @@ pub trait Balancer: Send {
     fn rescue_after(&self) -> Option<Duration> {
         None
     }
+
+    /// Whether a connection that finds no worker idle goes to a queue every (herd) worker
+    /// takes from when it is done with what it has, instead of to the pick's worker.
+    fn overflow(&self) -> bool {
+        false
+    }
 }
 
 /// How the listening sockets are laid out when workers accept for themselves.

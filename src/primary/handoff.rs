@@ -17,9 +17,12 @@ impl Primary {
     /// Hands waiting connections to the workers the policy picks, until none waits or no
     /// worker can take more; then resumes the listener if the queue has room again.
     pub(super) fn dispatch(&mut self) {
+        let stopping = self.stopping();
+        if stopping || self.phase.handed_over {
+            self.take_back_overflow();
+        }
         // Handed over to a new primary (upgrade): what waits is the new one's.
         self.pass_back_to_successor();
-        let stopping = self.stopping();
         let window = if stopping {
             usize::MAX
         } else {
@@ -35,8 +38,11 @@ impl Primary {
             loads,
             workers,
             acceptor,
+            overflow,
             ..
         } = self;
+        // The overflow queue, while the primary is not stopping and it has room.
+        let mut overflow = overflow.as_mut().filter(|_| !stopping);
         // Queue the whole burst first, then flush each worker once.
         let mut touched: Vec<ProcKey> = Vec::new();
         while acceptor.waiting() > 0 {
@@ -46,6 +52,17 @@ impl Primary {
                     .and_then(|k| workers.get(k))
                     .and_then(|p| p.load(window, stopping, now, now_ns))
             }));
+            if overflow.is_some() && none_idle(loads) {
+                if let (Some(q), Some((id, socket))) = (overflow.as_mut(), acceptor.pop()) {
+                    match q.give(id, socket) {
+                        Ok(()) => continue,
+                        Err(back) => {
+                            acceptor.put_back(vec![back]);
+                            overflow = None;
+                        }
+                    }
+                }
+            }
             let Some(i) = balancer.pick(loads) else {
                 break;
             };
@@ -68,6 +85,23 @@ impl Primary {
         self.watch_for_room(window);
         if !self.stopping() {
             self.acceptor.maybe_resume(self.poll.registry());
+        }
+    }
+
+    /// Takes back what waits in the overflow queue (stopping: the workers no longer read it;
+    /// handed over: what waits is the new primary's), for the workers' own channels or the
+    /// new primary.
+    fn take_back_overflow(&mut self) {
+        let Some(q) = self.overflow.as_mut() else {
+            return;
+        };
+        let back = q.take_back();
+        if !back.is_empty() {
+            log::debug!(
+                "{} connections taken back from the overflow queue",
+                back.len()
+            );
+            self.acceptor.put_back(back);
         }
     }
 
@@ -140,4 +174,11 @@ impl Primary {
             self.phase.room_retry = Some(Instant::now() + ROOM_RETRY);
         }
     }
+}
+
+/// True when some worker can take a connection and none of them is idle: idle-first's
+/// overflow queue then takes it, for the first worker that is done with what it has.
+fn none_idle(loads: &[Option<crate::policy::Load>]) -> bool {
+    let mut live = loads.iter().flatten().peekable();
+    live.peek().is_some() && !live.any(|l| l.idle)
 }

@@ -92,6 +92,11 @@ impl Primary {
                     Some(Err(e)) => log::error!("cannot share the listener with {pid}: {e}"),
                     None => {}
                 }
+                match self.overflow.as_ref().map(crate::ipc::Overflow::reader) {
+                    Some(Ok(fd)) => p.link.share_overflow(fd),
+                    Some(Err(e)) => log::error!("cannot share the overflow queue with {pid}: {e}"),
+                    None => {}
+                }
                 let slot = p.slot;
                 self.flush(key);
                 if self.workers.slot(slot).current == Some(key) {

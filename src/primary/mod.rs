@@ -189,6 +189,9 @@ pub struct Primary {
     notifier: Notifier,
     /// Set when this primary was started by an upgrade: the link to the one it replaces.
     predecessor: Option<upgrade::Predecessor>,
+    /// idle-first with herd's own workers: the queue every worker takes from when none is
+    /// idle.
+    overflow: Option<crate::ipc::Overflow>,
 }
 
 impl Primary {
@@ -227,14 +230,18 @@ impl Primary {
             SIGNALS,
             Interest::READABLE,
         )?;
+        let balancer = config
+            .policy
+            .balancer()
+            .unwrap_or_else(|| Box::new(crate::policy::RoundRobin::default()));
+        let overflow = (balancer.overflow() && config.spawner.node.is_none())
+            .then(crate::ipc::Overflow::new)
+            .transpose()?;
         let mut primary = Primary {
             poll,
             acceptor,
             listeners_for_workers: bound.handed,
-            balancer: config
-                .policy
-                .balancer()
-                .unwrap_or_else(|| Box::new(crate::policy::RoundRobin::default())),
+            balancer,
             adopted: Vec::new(),
             loads: Vec::with_capacity(config.workers),
             workers: Workers::new(config.workers),
@@ -255,6 +262,7 @@ impl Primary {
                 n
             },
             predecessor,
+            overflow,
             config,
         };
         // A new primary of an upgrade opens its control socket and metrics endpoint when it

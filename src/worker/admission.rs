@@ -13,7 +13,7 @@ use mio::{Interest, Registry, Token};
 use crate::ipc::ConnId;
 
 /// The first listener's token; the channel and the signals come before.
-const FIRST_LISTENER: usize = 2;
+const FIRST_LISTENER: usize = 3;
 /// Most listeners a worker takes (tokens up to the first connection's).
 const MAX_LISTENERS: usize = super::table::FIRST_CONN_TOKEN - FIRST_LISTENER;
 

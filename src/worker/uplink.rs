@@ -10,6 +10,8 @@ use crate::ipc::{Channel, ConnId, Delivery, Endpoint, IpcError, ToPrimary, ToWor
 
 /// The channel's token in the worker's loop.
 pub const CHANNEL: Token = Token(0);
+/// The overflow queue's token (idle-first, [`crate::ipc::OverflowReader`]); 1 is the signals'.
+pub const OVERFLOW: Token = Token(2);
 
 /// What one read of the channel gave.
 #[derive(Debug)]

@@ -25,10 +25,12 @@ use super::admission::{Admission, ListenerIndex};
 use super::faults::Faults;
 use super::preface::{PrefaceKey, Prefaces};
 use super::publish::Publisher;
-use super::uplink::{Inbound, Uplink, CHANNEL};
+use super::uplink::{Inbound, Uplink, CHANNEL, OVERFLOW};
 use super::{Context, WorkerError};
 use crate::event::WorkerId;
-use crate::ipc::{Channel, Delivery, IpcError, StatusPage, ToPrimary, ToWorker, WorkerStats};
+use crate::ipc::{
+    Channel, Delivery, IpcError, OverflowReader, StatusPage, ToPrimary, ToWorker, WorkerStats,
+};
 use crate::signals::Signals;
 use crate::worker_env::WorkerEnv;
 
@@ -89,6 +91,8 @@ pub struct Intake {
     /// What this worker publishes to the primary (connections read, held, served; busy or
     /// idle is the async runtime's to flip, see [`Intake::status_page`]).
     publish: Publisher,
+    /// idle-first's queue shared by the workers.
+    overflow: OverflowReader,
 }
 
 impl std::fmt::Debug for Intake {
@@ -141,6 +145,7 @@ impl Intake {
             closed: false,
             ending: Ending::new(env),
             publish: Publisher::from_env(env),
+            overflow: OverflowReader::default(),
         };
         log::info!("worker {} started", std::process::id());
         intake.ctx.outgoing.push_back(ToPrimary::Online);
@@ -191,12 +196,15 @@ impl Intake {
                 }
             } else if token == SIGNALS {
                 self.on_signals();
+            } else if token == OVERFLOW {
+                self.overflow.readable();
             } else if let Some(i) = ListenerIndex::from_token(token) {
                 self.accept_all(i);
             }
         }
         tokens.clear();
         self.tokens = tokens;
+        let full = self.take_from_overflow() || full;
         if self.ctx.now >= self.next_sweep {
             self.next_sweep = self.ctx.now + SWEEP_EVERY;
             self.sweep();
@@ -284,6 +292,7 @@ impl Intake {
         // Connections still handed over are refused: the primary must keep its copies.
         self.publish.stay_tight();
         self.admission.close_listeners(self.poll.registry());
+        self.overflow.stop(self.poll.registry());
         let dropped = self.ready.len();
         if dropped > 0 {
             log::warn!(
@@ -399,6 +408,15 @@ impl Intake {
                 Some(_) => {}
                 None => log::error!("listen message arrived without its socket"),
             },
+            ToWorker::Overflow => match d.fds.into_iter().next() {
+                Some(fd) if !self.ctx.draining && !self.closed => {
+                    if let Err(e) = self.overflow.adopt(fd, self.poll.registry(), OVERFLOW) {
+                        log::error!("worker {}: overflow queue: {e}", std::process::id());
+                    }
+                }
+                Some(_) => {}
+                None => log::error!("overflow message arrived without its socket"),
+            },
             ToWorker::Disconnect => self.start_drain(),
             ToWorker::Leaving => {
                 log::info!("worker {}: host leaving", std::process::id());
@@ -429,5 +447,6 @@ impl Intake {
         }
         self.ctx.draining = true;
         self.admission.close_listeners(self.poll.registry());
+        self.overflow.stop(self.poll.registry());
     }
 }

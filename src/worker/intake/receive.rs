@@ -15,8 +15,31 @@ impl Intake {
     /// the worker is tight since then, keeps copies of what it hands over and gives them to
     /// another worker.
     pub(super) fn receive_all(&mut self, ids: Vec<ConnId>, fds: Vec<OwnedFd>, ack: bool) {
-        self.faults.count(ids.len());
         let count = ids.len() as u64;
+        self.receive_packet(ids, fds, ack);
+        // Counted once the taken and held ones are published: the primary never sees them
+        // neither unread nor held nor served.
+        self.publish.received(count);
+    }
+
+    /// Takes what waits in the overflow queue, up to a turn's worth (the async runtime
+    /// serves them all at once: there is no reason to leave them for another worker); returns
+    /// `true` when more may wait.
+    pub(super) fn take_from_overflow(&mut self) -> bool {
+        for _ in 0..super::EVENTS {
+            if self.closed || self.ctx.draining || self.admission.full(self.open()) {
+                return false;
+            }
+            match self.overflow.take_one(self.poll.registry()) {
+                Some((ids, fds)) => self.receive_packet(ids, fds, false),
+                None => return false,
+            }
+        }
+        self.overflow.maybe_more()
+    }
+
+    fn receive_packet(&mut self, ids: Vec<ConnId>, fds: Vec<OwnedFd>, ack: bool) {
+        self.faults.count(ids.len());
         self.publish.arrived(&fds);
         for (id, fd) in self.uplink.pair_up(ids, fds) {
             if self.closed {
@@ -32,10 +55,7 @@ impl Intake {
                 self.receive(id, ack, fd);
             }
         }
-        // Counted once the taken and held ones are published: the primary never sees them
-        // neither unread nor held nor served.
         self.publish.open(self.open());
-        self.publish.received(count);
     }
 
     /// One connection handed over: take it now, or hold it at capacity (published, so that

@@ -14,9 +14,9 @@ use super::faults::Faults;
 use super::preface::{PrefaceKey, Prefaces};
 use super::publish::Publisher;
 use super::table::{ConnKey, Table};
-use super::uplink::{self, Inbound, Uplink, CHANNEL};
+use super::uplink::{self, Inbound, Uplink, CHANNEL, OVERFLOW};
 use super::{Connection, Context, Handler, WorkerError};
-use crate::ipc::{Channel, ConnId, Delivery, ToPrimary, ToWorker, WorkerStats};
+use crate::ipc::{Channel, ConnId, Delivery, OverflowReader, ToPrimary, ToWorker, WorkerStats};
 use crate::signals::Signals;
 use crate::worker_env::WorkerEnv;
 
@@ -50,6 +50,8 @@ pub struct Runtime<H: Handler> {
     recycle_after: u64,
     /// What this worker publishes to the primary (busy or idle, connections read).
     publish: Publisher,
+    /// idle-first's queue shared by the workers, read when this one has nothing else to do.
+    overflow: OverflowReader,
 }
 
 impl<H: Handler> Runtime<H> {
@@ -82,6 +84,7 @@ impl<H: Handler> Runtime<H> {
             ending: Ending::new(env),
             recycle_after: env.max_requests,
             publish: Publisher::from_env(env),
+            overflow: OverflowReader::default(),
         })
     }
 
@@ -98,7 +101,7 @@ impl<H: Handler> Runtime<H> {
         loop {
             let room_for_held = self.admission.holds_any()
                 && (self.ctx.draining || !self.admission.full(self.open()));
-            let timeout = if self.table.has_yielded() || room_for_held {
+            let timeout = if self.table.has_yielded() || room_for_held || self.overflow_waits() {
                 Some(Duration::ZERO)
             } else if self.table.is_empty() && self.prefaces.as_ref().is_none_or(Prefaces::is_empty)
             {
@@ -166,6 +169,8 @@ impl<H: Handler> Runtime<H> {
             if readable {
                 self.read_channel();
             }
+        } else if token == OVERFLOW {
+            self.overflow.readable();
         } else if token == SIGNALS {
             self.on_signals();
         } else if let Some(i) = ListenerIndex::from_token(token) {
@@ -202,6 +207,7 @@ impl<H: Handler> Runtime<H> {
             self.recycle_after = 0;
             self.ctx.outgoing.push_back(ToPrimary::Recycle);
         }
+        self.take_from_overflow();
         self.take_in();
         self.faults.exit_if_tripped(self.open() == 0);
         if self.ctx.now >= self.next_sweep {
@@ -271,6 +277,15 @@ impl<H: Handler> Runtime<H> {
                 Some(_) => {}
                 None => log::error!("listen message arrived without its socket"),
             },
+            ToWorker::Overflow => match d.fds.into_iter().next() {
+                Some(fd) if !self.ctx.draining => {
+                    if let Err(e) = self.overflow.adopt(fd, self.poll.registry(), OVERFLOW) {
+                        log::error!("worker {}: overflow queue: {e}", std::process::id());
+                    }
+                }
+                Some(_) => {}
+                None => log::error!("overflow message arrived without its socket"),
+            },
             ToWorker::Disconnect => self.start_drain(),
             ToWorker::Leaving => {
                 log::info!("worker {}: host leaving", std::process::id());
@@ -286,16 +301,36 @@ impl<H: Handler> Runtime<H> {
 
     /// Connections handed over in one packet (to ack, or given); see [`Uplink::pair_up`].
     fn receive_all(&mut self, ids: Vec<ConnId>, fds: Vec<OwnedFd>, ack: bool) {
-        self.faults.count(ids.len());
         let count = ids.len() as u64;
+        self.receive_packet(ids, fds, ack);
+        // Counted once the taken and held ones are published: the primary never sees them
+        // neither unread nor held nor served.
+        self.publish.received(count);
+    }
+
+    fn receive_packet(&mut self, ids: Vec<ConnId>, fds: Vec<OwnedFd>, ack: bool) {
+        self.faults.count(ids.len());
         self.publish.arrived(&fds);
         for (id, fd) in self.uplink.pair_up(ids, fds) {
             self.receive(id, ack, fd);
         }
-        // Counted once the taken and held ones are published: the primary never sees them
-        // neither unread nor held nor served.
         self.publish.open(self.open());
-        self.publish.received(count);
+    }
+
+    /// Whether the overflow queue may hold a connection this worker would take now.
+    fn overflow_waits(&self) -> bool {
+        self.overflow.maybe_more() && !self.ctx.draining && !self.admission.full(self.open())
+    }
+
+    /// With nothing new from the primary this turn, takes one connection from the overflow
+    /// queue (one: the next may be for a worker that is done sooner).
+    fn take_from_overflow(&mut self) {
+        if !self.taken.is_empty() || !self.overflow_waits() {
+            return;
+        }
+        if let Some((ids, fds)) = self.overflow.take_one(self.poll.registry()) {
+            self.receive_packet(ids, fds, false);
+        }
     }
 
     /// One connection handed over by the primary (`ack`: it wants an ack): serve it now, or
@@ -357,6 +392,7 @@ impl<H: Handler> Runtime<H> {
         }
         self.ctx.draining = true;
         self.admission.close_listeners(self.poll.registry());
+        self.overflow.stop(self.poll.registry());
         for key in self.table.keys() {
             if let Some(entry) = self.table.get_mut(key) {
                 self.ctx.peer = entry.peer;
