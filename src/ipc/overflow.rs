@@ -56,6 +56,11 @@ impl Overflow {
         self.sent
     }
 
+    /// True when connections wait in the queue (one syscall).
+    pub fn holds_any(&self) -> bool {
+        self.tx.unread_by_peer().is_ok_and(|n| n > 0)
+    }
+
     /// Puts one connection in the queue, or gives its socket back when the queue is full (or
     /// broken: logged). The primary's copy is closed once it is in: the queue holds it now.
     pub fn give(&mut self, id: ConnId, socket: OwnedFd) -> Result<(), (ConnId, OwnedFd)> {

@@ -158,6 +158,8 @@ struct Phase {
     successor: Option<upgrade::Successor>,
     /// Connections accepted at the last status line, and when.
     last_rate: Option<(u64, Instant)>,
+    /// Connections accepted in total when the loop last went to wait.
+    accepted_at_wait: u64,
 }
 
 /// The primary process's state.
@@ -314,6 +316,7 @@ impl Primary {
             .chain(pace)
             .min()
             .map(|t| t.saturating_duration_since(Instant::now()));
+        self.make_way(timeout);
         if let Err(e) = self.poll.poll(events, timeout) {
             if e.kind() != io::ErrorKind::Interrupted {
                 return Err(e.into());
