@@ -4,10 +4,11 @@
 //! ([`crate::ipc::Overflow`]: the kernel's shared accept queue gets the tail right for the same
 //! reason). Otherwise (Node workers, or the overflow queue is full) to the one with the fewest
 //! connections waiting for it (handed and not yet read) plus the ones it serves, ties in
-//! rotation; a worker that has been on one
-//! connection's step for [`STUCK_AFTER`] (inside a long request) comes last. Counting the ones it
-//! serves too keeps a worker that reads its channel quickly from collecting most of a burst of
-//! keep-alive connections (fewest waiting alone favours it every time).
+//! rotation; a worker that has been on one connection's step for [`STUCK_AFTER`] (inside a long
+//! request) comes last. Counting the ones it serves too keeps a worker that reads its channel
+//! quickly from collecting most of a burst of keep-alive connections (fewest waiting alone
+//! favours it every time). This balancer is that per-worker pick; the primary decides before
+//! asking it whether the overflow queue takes the connection instead.
 //!
 //! Idle means both: the worker's loop is waiting for events (not running a handler), and it has
 //! read everything the primary sent it. Herd's workers publish both in a page of memory shared
@@ -18,7 +19,7 @@
 //!
 //! The page also says since when a worker works on the step of a connection it is in (stamped
 //! as each step starts, so a turn of many short requests is not one long stretch). That
-//! matters when every worker is busy, as under a saturating load: counts alone split the
+//! matters when every worker is busy and the overflow queue cannot be used: counts alone split the
 //! waiting connections evenly, so a worker inside a 5 ms request collects as many as one that
 //! finishes a request every few microseconds, and they all wait the 5 ms. A worker on one step
 //! for [`STUCK_AFTER`] is inside a long request (or was preempted): the connections go to the
