@@ -35,6 +35,30 @@ use super::{Balancer, Load};
 /// requests that make a tail (and than the queueing they cause).
 pub const STUCK_AFTER: Duration = Duration::from_micros(500);
 
+/// An idle worker that has this many connections (waiting and served) more than the least
+/// loaded worker does not count as idle, and the overflow queue is not used while the spread is
+/// wider: the least loaded worker gets the next connection. Idle is a moment's state, and a
+/// worker that keeps winning it (it runs while the other waits for a core) would collect a burst
+/// of new keep-alive connections for good; short connections (the heavy-tail case) keep the
+/// counts within this anyway.
+pub const SPREAD: u64 = 4;
+
+/// Connections waiting for a worker and served by it.
+fn count(l: &Load) -> u64 {
+    l.waiting.saturating_add(l.serving)
+}
+
+/// The fewest and the most connections of a live worker.
+fn range(workers: &[Option<Load>]) -> Option<(u64, u64)> {
+    let counts = workers.iter().flatten().map(count);
+    Some((counts.clone().min()?, counts.max()?))
+}
+
+/// Idle, and not ahead of the least loaded worker by more than [`SPREAD`].
+fn available(l: &Load, least: u64) -> bool {
+    l.idle && count(l) <= least.saturating_add(SPREAD)
+}
+
 /// Idle workers first, in rotation; otherwise the shortest wait, long-busy ones last.
 #[derive(Debug, Default)]
 pub struct IdleFirst {
@@ -46,7 +70,8 @@ impl Balancer for IdleFirst {
         let n = workers.len();
         let order = (0..n).map(|k| (self.next + k) % n);
         let live = || order.clone().filter_map(|i| workers[i].map(|l| (i, l)));
-        let chosen = match live().find(|(_, l)| l.idle) {
+        let (least, _) = range(workers)?;
+        let chosen = match live().find(|(_, l)| available(l, least)) {
             Some((i, _)) => i,
             None => {
                 live()
@@ -69,6 +94,12 @@ impl Balancer for IdleFirst {
 
     fn overflow(&self) -> bool {
         true
+    }
+
+    fn to_overflow(&self, workers: &[Option<Load>]) -> bool {
+        range(workers).is_some_and(|(least, most)| {
+            most - least <= SPREAD && !workers.iter().flatten().any(|l| available(l, least))
+        })
     }
 }
 
@@ -117,6 +148,30 @@ mod tests {
         assert_eq!(p.pick(&[busy(1), busy(1), None]), Some(0), "ties rotate");
         assert_eq!(p.pick(&[busy(1), busy(1), None]), Some(1));
         assert_eq!(p.pick(&[None, None]), None);
+    }
+
+    fn serving(l: Option<Load>, n: u64) -> Option<Load> {
+        l.map(|l| Load { serving: n, ..l })
+    }
+
+    #[test]
+    fn the_overflow_queue_when_none_is_idle_and_the_counts_are_close() {
+        let p = IdleFirst::default();
+        assert!(p.to_overflow(&[busy(0), stuck(0)]));
+        assert!(!p.to_overflow(&[busy(0), idle()]), "an idle one takes it");
+        assert!(!p.to_overflow(&[None, None]), "no live worker");
+        let lopsided = [serving(busy(0), 1 + SPREAD + 1), busy(0)];
+        assert!(!p.to_overflow(&lopsided), "the least loaded one takes it");
+    }
+
+    #[test]
+    fn an_idle_worker_far_ahead_does_not_count_as_idle() {
+        let mut p = IdleFirst::default();
+        // The busy one serves one connection.
+        let ahead = [serving(idle(), 1 + SPREAD + 1), busy(0)];
+        assert_eq!(p.pick(&ahead), Some(1));
+        let close = [serving(idle(), 1 + SPREAD), busy(0)];
+        assert_eq!(p.pick(&close), Some(0));
     }
 
     #[test]

@@ -54,9 +54,14 @@ pub trait Balancer: Send {
         None
     }
 
-    /// Whether a connection that finds no worker idle goes to a queue every (herd) worker
-    /// takes from when it is done with what it has, instead of to the pick's worker.
+    /// Whether the primary keeps a queue every (herd) worker takes from when it is done with
+    /// what it has, for connections that find no worker idle.
     fn overflow(&self) -> bool {
+        false
+    }
+
+    /// Whether the next connection goes to that queue rather than to the pick's worker.
+    fn to_overflow(&self, _workers: &[Option<Load>]) -> bool {
         false
     }
 }

@@ -52,7 +52,7 @@ impl Primary {
                     .and_then(|k| workers.get(k))
                     .and_then(|p| p.load(window, stopping, now, now_ns))
             }));
-            if overflow.is_some() && none_idle(loads) {
+            if overflow.is_some() && balancer.to_overflow(loads) {
                 if let (Some(q), Some((id, socket))) = (overflow.as_mut(), acceptor.pop()) {
                     match q.give(id, socket) {
                         Ok(()) => continue,
@@ -199,11 +199,4 @@ impl Primary {
             self.phase.room_retry = Some(Instant::now() + ROOM_RETRY);
         }
     }
-}
-
-/// True when some worker can take a connection and none of them is idle: idle-first's
-/// overflow queue then takes it, for the first worker that is done with what it has.
-fn none_idle(loads: &[Option<crate::policy::Load>]) -> bool {
-    let mut live = loads.iter().flatten().peekable();
-    live.peek().is_some() && !live.any(|l| l.idle)
 }
