@@ -18,7 +18,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-pub use idle_first::IdleFirst;
+pub use idle_first::{IdleFirst, SPREAD};
 pub use least_connections::LeastConnections;
 pub use round_robin::RoundRobin;
 

@@ -23,6 +23,9 @@ use crate::worker_env::WorkerEnv;
 mod serve;
 
 const SIGNALS: Token = Token(1);
+/// A worker serving fewer connections than this takes from the overflow queue in any turn that
+/// brought nothing new from the primary; one serving more, only in a turn with no other event.
+const OVERFLOW_EAGER_BELOW: usize = crate::policy::SPREAD as usize;
 /// How often idle connections are checked against their deadlines.
 const SWEEP_EVERY: Duration = Duration::from_millis(250);
 
@@ -52,6 +55,8 @@ pub struct Runtime<H: Handler> {
     publish: Publisher,
     /// idle-first's queue shared by the workers, read when this one has nothing else to do.
     overflow: OverflowReader,
+    /// The last wait gave no event but the overflow queue's.
+    quiet: bool,
 }
 
 impl<H: Handler> Runtime<H> {
@@ -85,6 +90,7 @@ impl<H: Handler> Runtime<H> {
             recycle_after: env.max_requests,
             publish: Publisher::from_env(env),
             overflow: OverflowReader::default(),
+            quiet: false,
         })
     }
 
@@ -130,6 +136,7 @@ impl<H: Handler> Runtime<H> {
                 }
             }
             self.ctx.now = Instant::now();
+            self.quiet = events.iter().all(|e| e.token() == OVERFLOW);
             for ev in events.iter() {
                 self.on_event(ev.token(), ev.is_readable() || ev.is_read_closed());
             }
@@ -326,6 +333,12 @@ impl<H: Handler> Runtime<H> {
     /// queue (one: the next may be for a worker that is done sooner).
     fn take_from_overflow(&mut self) {
         if !self.taken.is_empty() || !self.overflow_waits() {
+            return;
+        }
+        // A worker with several connections takes only in a turn in which none of them had
+        // anything: a worker that happens to run while the other waits for a core would
+        // otherwise take most of a burst of new keep-alive connections for good.
+        if self.open() >= OVERFLOW_EAGER_BELOW && !self.quiet {
             return;
         }
         if let Some((ids, fds)) = self.overflow.take_one(self.poll.registry()) {
