@@ -40,9 +40,9 @@ pub struct Runtime<H: Handler> {
     admission: Admission,
     /// Connections whose PROXY header is awaited (`None`: the cluster expects none).
     prefaces: Option<Prefaces>,
-    /// Taken in this turn (and whether the primary may still hold a copy), registered once
-    /// their acks have left.
-    taken: Vec<(TcpStream, bool)>,
+    /// Taken in this turn from the primary (which may still hold a copy of each), registered
+    /// once their acks have left.
+    taken: Vec<TcpStream>,
     /// Connections taken in total.
     connections: u64,
     faults: Faults,
@@ -245,8 +245,8 @@ impl<H: Handler> Runtime<H> {
             if !all_sent || self.taken.is_empty() {
                 return;
             }
-            for (stream, copied) in std::mem::take(&mut self.taken) {
-                self.add_conn(stream, copied);
+            for stream in std::mem::take(&mut self.taken) {
+                self.add_conn(stream, true);
             }
         }
     }
@@ -364,17 +364,17 @@ impl<H: Handler> Runtime<H> {
         if ack {
             self.uplink.ack(id);
         }
-        self.taken.push((stream, ack));
+        self.taken.push(stream);
     }
 
     /// Below the limit again: take held connections, resume accepting.
     fn refill(&mut self) {
         let mut took = false;
-        while let Some((id, ack, stream)) = self.admission.unhold(self.open(), self.ctx.draining) {
+        while let Some((id, _, stream)) = self.admission.unhold(self.open(), self.ctx.draining) {
             // Acked even if given: the ack wakes the primary, which may hold connections back
             // for want of room here (the primary ignores the id).
             self.uplink.ack(id);
-            self.taken.push((stream, ack));
+            self.taken.push(stream);
             took = true;
         }
         if took {

@@ -118,8 +118,11 @@ impl<H: Handler> Runtime<H> {
                 let _ = self.poll.registry().deregister(entry.conn.stream());
             }
             if entry.handed {
-                // The primary may not have read our ack yet and still hold a copy: closing ours
-                // would then leave the FIN (and the teardown work) to it, later. Send it now.
+                // The primary may still hold a copy: until it reads our ack, or, for a given
+                // connection, when waking us preempted it between its `sendmsg` and its
+                // `close` (we then serve the request first). Closing ours would leave the FIN
+                // and the TCP teardown to the primary, the one process every connection goes
+                // through. Send the FIN here; its `close` then has little left to do.
                 let _ = entry.conn.stream().shutdown(std::net::Shutdown::Write);
             }
             self.uplink.closed();
