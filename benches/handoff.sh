@@ -8,12 +8,12 @@
 #   ROUNDS=3 DURATION=5 benches/handoff.sh
 #
 # Needs wrk, nginx (apt-get install -y wrk nginx-light) and perf (linux-perf) for the perf
-# column (left out, with a note, when perf is missing). Everything listens on 127.0.0.1; every
+# column (left out, with a note, when perf is missing). HERD=PATH measures another build. Everything listens on 127.0.0.1; every
 # process started here is stopped by its pid.
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
-herd="$repo/target/release/herd"
+herd=${HERD:-"$repo/target/release/herd"}
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-5}
 PORT=${PORT:-3130}
