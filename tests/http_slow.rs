@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::time::{Duration, Instant};
 
@@ -102,43 +102,46 @@ fn slowloris_does_not_starve_a_normal_client_and_gets_408() {
     assert_eq!(serving_pid(addr), serving_pid(addr));
 }
 
-#[test]
-fn slow_reader_of_a_large_body_gets_every_byte() {
-    const SIZE: usize = 8 * 1024 * 1024;
-    let server = Server::start(&["--workers", "1"]);
+/// Asks for `size` bytes (`close`: with `Connection: close`) and reads the head, then the body
+/// in small pieces with pauses (letting the server's socket buffer fill: it must stop and
+/// resume, not block), checking that another client is served meanwhile.
+fn read_large_body_slowly(server: &Server, size: usize, close: bool) -> BufReader<TcpStream> {
     let s = connect(server.addr());
     let mut w = s.try_clone().unwrap();
-    write!(w, "GET /bytes?n={SIZE} HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
-    let mut r = std::io::BufReader::with_capacity(4096, s);
-    // Read the head, then the body in small pieces with pauses, under a deadline.
+    let connection = if close { "Connection: close\r\n" } else { "" };
+    write!(
+        w,
+        "GET /bytes?n={size} HTTP/1.1\r\nHost: t\r\n{connection}\r\n"
+    )
+    .unwrap();
+    let mut r = BufReader::with_capacity(4096, s);
     let mut line = String::new();
     let mut head = String::new();
     while line != "\r\n" {
         line.clear();
-        std::io::BufRead::read_line(&mut r, &mut line).unwrap();
+        r.read_line(&mut line).unwrap();
         head.push_str(&line);
     }
     assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
     assert!(
-        head.contains(&format!("Content-Length: {SIZE}\r\n")),
+        head.contains(&format!("Content-Length: {size}\r\n")),
         "{head}"
     );
     let start = Instant::now();
     let mut seen = 0;
     let mut piece = [0u8; 4096];
     let mut pauses = 0;
-    while seen < SIZE {
+    while seen < size {
         assert!(
             start.elapsed() < Duration::from_secs(15),
             "read {seen} bytes"
         );
-        let want = piece.len().min(SIZE - seen);
+        let want = piece.len().min(size - seen);
         let n = r.read(&mut piece[..want]).unwrap();
         assert!(n > 0, "connection closed after {seen} bytes");
         assert!(piece[..n].iter().all(|&b| b == b'x'));
         seen += n;
         if seen % (512 * 1024) < n {
-            // Let the server's socket buffer fill: it must stop and resume, not block.
             pauses += 1;
             let t = Instant::now();
             assert_eq!(get(server.addr(), "/").unwrap().status, 200);
@@ -146,11 +149,48 @@ fn slow_reader_of_a_large_body_gets_every_byte() {
             std::thread::sleep(Duration::from_millis(50)); // the slow reader's pace
         }
     }
-    assert_eq!(seen, SIZE);
-    assert!(pauses >= 10);
+    assert_eq!(seen, size);
+    assert!(pauses >= size / (1024 * 1024));
+    r
+}
+
+#[test]
+fn slow_reader_of_a_large_body_gets_every_byte() {
+    let server = Server::start(&["--workers", "1"]);
+    let mut r = read_large_body_slowly(&server, 8 * 1024 * 1024, false);
     // The connection is still good for another request.
-    write!(w, "GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    write!(r.get_mut(), "GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
     assert_eq!(read_response(&mut r, false).unwrap().status, 200);
+}
+
+/// The last response of a connection is written with `MSG_MORE` so that the FIN leaves with
+/// its last segment: whatever the kernel held back must still come, and then the end.
+#[test]
+fn slow_reader_of_a_large_closing_response_gets_every_byte_then_the_end() {
+    let server = Server::start(&["--workers", "1"]);
+    let mut r = read_large_body_slowly(&server, 4 * 1024 * 1024 + 1234, true);
+    r.get_ref()
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut rest = Vec::new();
+    r.read_to_end(&mut rest)
+        .expect("the server closes after the body");
+    assert!(rest.is_empty(), "{} bytes after the body", rest.len());
+    // And a small one: the whole response, then the end.
+    for _ in 0..20 {
+        let mut s = connect(server.addr());
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).expect("response, then the end");
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
+        assert!(text.contains("Connection: close\r\n"), "{text}");
+        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        let pid = body.strip_prefix("Hello World! ").unwrap_or("");
+        assert!(pid.parse::<u32>().is_ok(), "{text}");
+    }
 }
 
 #[test]

@@ -89,7 +89,10 @@ impl Serving<'static> {
 /// Why a session ends once its output is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Closing {
-    /// The last response said `Connection: close` (client asked, HTTP/1.0, request limit,
+    /// The client asked to close (`Connection: close`, or HTTP/1.0 without keep-alive): it
+    /// sends no further request (RFC 9112, 9.6), so nothing is left to linger for.
+    Asked,
+    /// The last response said `Connection: close` on the server's account (request limit,
     /// shutdown).
     Done,
     /// A request was refused (`4xx`/`5xx`); the client may still be sending, so the socket
@@ -295,7 +298,8 @@ impl Session {
             }
         }
         if !keep {
-            self.closing = Some(Closing::Done);
+            let asked = !head.keep_alive;
+            self.closing = Some(if asked { Closing::Asked } else { Closing::Done });
         }
     }
 
@@ -432,7 +436,7 @@ mod tests {
             let (out, s) = run(input, step, Limits::default());
             assert_eq!(statuses(&out), ["405", "100", "405", "200"], "step {step}");
             assert!(out.contains("Allow: GET, HEAD\r\n"));
-            assert_eq!(s.closing(), Some(Closing::Done));
+            assert_eq!(s.closing(), Some(Closing::Asked));
             assert!(s.finished());
         }
     }
