@@ -88,12 +88,33 @@ fn pids_of(v: &serde_json::Value) -> Vec<u32> {
     p
 }
 
-/// A fresh directory for one test's control socket.
-fn scratch_dir(name: &str) -> PathBuf {
+/// A fresh directory for one test's control socket, removed when the test is done.
+struct ScratchDir(PathBuf);
+
+impl std::ops::Deref for ScratchDir {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::path::Path> for ScratchDir {
+    fn as_ref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn scratch_dir(name: &str) -> ScratchDir {
     let d = std::env::temp_dir().join(format!("herd-test-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
-    d
+    ScratchDir(d)
 }
 
 #[test]

@@ -377,6 +377,13 @@ impl Drop for Server {
         for p in pids {
             let _ = send_signal(p, Signal::SIGKILL);
         }
+        // Killed, the primary could not remove its control socket: remove what it announced,
+        // or every test would leave one behind in the shared default directory.
+        for line in self.log.matching("control socket at ") {
+            if let Some((_, path)) = line.split_once("control socket at ") {
+                let _ = std::fs::remove_file(path.trim());
+            }
+        }
     }
 }
 
