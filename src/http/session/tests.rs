@@ -116,3 +116,31 @@ fn phases() {
     assert_eq!(s.phase(), Phase::Output);
     assert!(String::from_utf8_lossy(s.output()).starts_with("HTTP/1.1 408 "));
 }
+
+#[test]
+fn who_asked_to_close() {
+    // The client: it sends nothing more, so the worker need not look for more before closing.
+    for input in [
+        &b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"[..],
+        b"GET / HTTP/1.0\r\n\r\n",
+    ] {
+        let (out, s) = run(input, input.len(), Limits::default());
+        assert_eq!(statuses(&out).len(), 1, "{out}");
+        assert_eq!(s.closing(), Some(Closing::Asked), "{out}");
+    }
+    // The server (its request limit): the client may have sent more.
+    let limits = Limits {
+        max_requests: 1,
+        ..Limits::default()
+    };
+    let (out, s) = run(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", 64, limits);
+    assert!(out.contains("Connection: close\r\n"), "{out}");
+    assert_eq!(s.closing(), Some(Closing::Done));
+    // Still open: a keep-alive request.
+    let (_, s) = run(
+        b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+        64,
+        Limits::default(),
+    );
+    assert_eq!(s.closing(), None);
+}
