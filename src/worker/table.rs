@@ -28,7 +28,8 @@ impl ConnKey {
 pub struct Entry<C> {
     /// The handler's state for it.
     pub conn: C,
-    /// Handed over by the primary (which may still hold a copy until it reads our ack), rather
+    /// Handed over by the primary, which may still hold a copy (until it reads our ack, or,
+    /// for a given connection, until it runs again after the `sendmsg` that woke us), rather
     /// than accepted here.
     pub handed: bool,
     /// The client address its PROXY protocol header named, if any.
