@@ -17,7 +17,7 @@
 #   node-http  tests/fixtures/node/hello.js (plain node:http), 2 workers
 # each under Node's own primary (round-robin) and under `herd run` (round-robin), keepalive and
 # close, herd's generator, with each primary's CPU per new connection (its CPU time during the
-# close run over the connections served). NODE_PAIRS=0 skips them; NODE_PAIRS=only runs them alone.
+# close run over the connections served); which primary runs first alternates per round. NODE_PAIRS=0 skips them; NODE_PAIRS=only runs them alone.
 #
 # Environment: DURATION (5s), WARMUP (1s), CONNECTIONS (50), WORKLOADS ("keepalive close"),
 # ROUNDS (1; each round measures herd and then every peer, and a ratio is taken within a round),
@@ -221,12 +221,28 @@ wait_lines() {
   note "timed out waiting for '$2' in $1"
 }
 
+# pair_side LABEL WORKLOAD PATTERN LINES CMD...: starts CMD, waits for LINES log lines matching
+# PATTERN, measures it and stops it; the result ("rps cpu_us_per_conn") is left in pair_out.
+pair_side() {
+  local label=$1 w=$2 pattern=$3 lines=$4
+  shift 4
+  pair_out="0 0"
+  if start_peer "$label" "$@"; then
+    wait_lines "$work/$label.log" "$pattern" "$lines"
+    pair_out=$(pair_run "$label" "$w")
+    stop_peer
+  fi
+}
+
 measure_node_pairs() {
   if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
     note "node/npm not found: skipping the Node pairs"
     return
   fi
-  local app w node_out herd_out
+  local app w node_out herd_out side sides=(node herd)
+  # Which primary runs first alternates from round to round: on a machine whose speed drifts,
+  # neither side always gets the earlier (or later) moment.
+  [ $((${round:-1} % 2)) = 0 ] && sides=(herd node)
   for app in express node-http; do
     local cmd=()
     if [ "$app" = express ]; then
@@ -235,21 +251,21 @@ measure_node_pairs() {
     else
       cmd=(node "$repo/tests/fixtures/node/hello.js")
     fi
+    # run.sh installs Express and execs node: herd runs node on the installed copy directly.
+    local hcmd=("${cmd[@]}")
+    [ "$app" = express ] && hcmd=(node "${HERD_PEER_CACHE:-${TMPDIR:-/tmp}/herd-peer-node-cluster}/server.js")
     for w in $WORKLOADS; do
-      node_out="0 0"; herd_out="0 0"
-      if start_peer "node-$app" env PORT="$PEER_PORT" WORKERS=2 NODE_CLUSTER_SCHED_POLICY=rr "${cmd[@]}"; then
-        wait_lines "$work/node-$app.log" "started\|listening" 2
-        node_out=$(pair_run "node-$app" "$w")
-        stop_peer
-      fi
-      # run.sh installs Express and execs node: herd runs node on the installed copy directly.
-      local hcmd=("${cmd[@]}")
-      [ "$app" = express ] && hcmd=(node "${HERD_PEER_CACHE:-${TMPDIR:-/tmp}/herd-peer-node-cluster}/server.js")
-      if start_peer "herd-$app" "$herd" run --workers 2 --host 127.0.0.1 --port "$PEER_PORT" -- "${hcmd[@]}"; then
-        wait_lines "$work/herd-$app.log" "listening on http://" 1
-        herd_out=$(pair_run "herd-$app" "$w")
-        stop_peer
-      fi
+      for side in "${sides[@]}"; do
+        if [ "$side" = node ]; then
+          pair_side "node-$app" "$w" "started\|listening" 2 \
+            env PORT="$PEER_PORT" WORKERS=2 NODE_CLUSTER_SCHED_POLICY=rr "${cmd[@]}"
+          node_out=$pair_out
+        else
+          pair_side "herd-$app" "$w" "listening on http://" 1 \
+            "$herd" run --workers 2 --host 127.0.0.1 --port "$PEER_PORT" -- "${hcmd[@]}"
+          herd_out=$pair_out
+        fi
+      done
       pair_rows+=("$app $w $node_out $herd_out")
     done
   done
