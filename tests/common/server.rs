@@ -355,7 +355,9 @@ impl Server {
         let Some(start) = log.iter().rposition(|l| l.contains("worker statistics")) else {
             return Vec::new();
         };
-        log[start + 2..]
+        // The table may still be arriving: a header without its rows yet is no table.
+        log.get(start + 2..)
+            .unwrap_or_default()
             .iter()
             .map_while(|l| {
                 let f: Vec<u64> = l
