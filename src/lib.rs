@@ -70,7 +70,7 @@ pub use ipc::{IpcError, MAX_MESSAGE};
 /// Signals for [`Control::kill`] (re-exported from `nix`).
 pub use nix::sys::signal::Signal;
 pub use policy::Policy;
-pub use primary::{Control, Events, PrimaryError};
+pub use primary::{Control, Events, PrimaryError, WorkerSched};
 pub use worker::{worker_id, Connection, Context, Handler, Status, WorkerError};
 
 /// Default handoff window: connections a worker may hold unacked.
@@ -147,6 +147,7 @@ pub struct Cluster {
     node: Option<primary::NodeCommand>,
     start_timeout: Duration,
     service: Service,
+    worker_sched: WorkerSched,
 }
 
 /// Settings for running as a system service (issue 15).
@@ -188,6 +189,7 @@ impl Cluster {
             node: None,
             start_timeout: DEFAULT_START_TIMEOUT,
             service: Service::default(),
+            worker_sched: WorkerSched::Normal,
         }
     }
 
@@ -211,6 +213,13 @@ impl Cluster {
     /// default in the library; `herd serve` opens it at [`admin::socket_path`]).
     pub fn control_socket(mut self, at: admin::ControlSocket) -> Self {
         self.control = at;
+        self
+    }
+
+    /// How the kernel schedules the workers (default [`WorkerSched::Normal`]); the primary's
+    /// own policy is left as it is.
+    pub fn worker_sched(mut self, sched: WorkerSched) -> Self {
+        self.worker_sched = sched;
         self
     }
 
@@ -479,6 +488,7 @@ impl Cluster {
             max_requests: self.max_requests.0,
             max_requests_jitter: self.max_requests.1,
             node: self.node,
+            sched: self.worker_sched,
         };
         let config = primary::Config {
             workers: self.workers,

@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 #[path = "cli/run.rs"]
 mod run;
 use herd::http::{HttpHandler, Limits};
-use herd::{Cluster, Policy};
+use herd::{Cluster, Policy, WorkerSched};
 
 /// Node's cluster module, rebuilt in Rust: a primary that hands connections to worker processes.
 #[derive(Debug, Parser)]
@@ -85,6 +85,22 @@ fn positive_duration(s: &str) -> Result<Duration, String> {
 /// Smallest `--max-head-bytes`: room for a request line and a Host header.
 const MIN_HEAD_BYTES: u32 = 64;
 
+/// `--worker-sched`'s values.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum SchedArg {
+    Normal,
+    Batch,
+}
+
+impl From<SchedArg> for WorkerSched {
+    fn from(s: SchedArg) -> WorkerSched {
+        match s {
+            SchedArg::Normal => WorkerSched::Normal,
+            SchedArg::Batch => WorkerSched::Batch,
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 struct ServeArgs {
     /// Worker processes [default: one per core]
@@ -99,6 +115,10 @@ struct ServeArgs {
     /// Scheduling policy: round-robin (rr), least-connections, shared (none), reuseport, idle-first
     #[arg(long, env = "HERD_POLICY", default_value = "round-robin")]
     policy: Policy,
+    /// How the kernel schedules workers: normal, or batch (SCHED_BATCH: a waking worker does
+    /// not preempt the primary or anything else; more throughput on busy cores, longer tails)
+    #[arg(long, env = "HERD_WORKER_SCHED", value_enum, default_value_t = SchedArg::Normal)]
+    worker_sched: SchedArg,
     /// Time workers get to finish in-flight requests on shutdown
     #[arg(long, default_value = "30s", value_parser = duration)]
     shutdown_timeout: Duration,
@@ -206,6 +226,7 @@ fn cluster(args: &ServeArgs) -> Result<Cluster, String> {
     let mut cluster = Cluster::new()
         .addr(args.addr()?)
         .policy(args.policy)
+        .worker_sched(args.worker_sched.into())
         .shutdown_timeout(args.shutdown_timeout)
         .handoff_window(args.handoff_window as usize)
         .max_connections(args.max_connections)

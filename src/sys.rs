@@ -40,6 +40,23 @@ pub fn keep_open_across_exec(cmd: &mut Command, fd: RawFd) {
     }
 }
 
+/// Runs `cmd`'s child under `SCHED_BATCH` (set between fork and exec, so from its first
+/// instruction): the kernel treats it as CPU-bound, and its wake-ups do not preempt the task
+/// running on the core. Unprivileged: a process may always move itself to `SCHED_BATCH`.
+pub fn batch_scheduling_in_child(cmd: &mut Command) {
+    // SAFETY: between fork and exec the closure calls only sched_setscheduler, which is a
+    // plain syscall, on a parameter on its own stack; no memory shared with other threads.
+    unsafe {
+        cmd.pre_exec(|| {
+            let param = libc::sched_param { sched_priority: 0 };
+            if libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Installs `fd` as descriptor `target` in `cmd`'s child, open across `exec` (Node's channel
 /// is fd 3). The parent's descriptors are untouched.
 pub fn install_fd_in_child(cmd: &mut Command, fd: RawFd, target: RawFd) {

@@ -58,7 +58,7 @@ use crate::signals::Signals;
 use accept::{Acceptor, LISTENER};
 pub use control::{Control, EventHook};
 pub use events::Events;
-pub use spawn::{NodeCommand, Spawner};
+pub use spawn::{NodeCommand, Spawner, WorkerSched};
 use workers::{ProcKey, Workers};
 
 const SIGNALS: Token = Token(1);
