@@ -124,10 +124,7 @@ fn haproxy_bin() -> &'static str {
 
 impl Haproxy {
     fn start(host_port: u16, v1: bool) -> Haproxy {
-        let lb_port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .unwrap()
-            .port();
+        let lb_port = unused_port();
         let path = std::env::temp_dir().join(format!(
             "herd-test-haproxy-{}-{lb_port}.cfg",
             std::process::id()

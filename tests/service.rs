@@ -19,14 +19,6 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
-/// A port nothing listens on now (bound, then released).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("ephemeral port")
-        .port()
-}
-
 /// `systemd-socket-activate -l 127.0.0.1:PORT herd serve ARGS`: the tool binds, and execs herd
 /// (keeping its pid) on the first connection.
 fn activated(port: u16, args: &[&str]) -> Launch {
@@ -55,7 +47,7 @@ fn socket_activation_serves_on_the_inherited_socket_for_every_policy() {
         ("reuseport", "1"),
         ("idle-first", "2"),
     ] {
-        let port = free_port();
+        let port = unused_port();
         let mut server = activated(port, &["--policy", policy, "--workers", workers]).spawn();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         // The first connection is what makes the tool exec herd; it is answered once herd runs.
@@ -86,7 +78,7 @@ fn socket_activation_serves_on_the_inherited_socket_for_every_policy() {
 fn reuseport_takes_one_inherited_socket_per_worker() {
     // systemd-socket-activate makes no SO_REUSEPORT sockets, so the two sockets listen on two
     // addresses; what is checked is the layout: each worker accepts on its own socket.
-    let port = free_port();
+    let port = unused_port();
     let mut all = vec!["-l".to_string(), format!("127.0.0.1:{port}")];
     all.extend(["-l".to_string(), format!("127.0.0.2:{port}")]);
     let rest = [
@@ -122,7 +114,7 @@ fn reuseport_takes_one_inherited_socket_per_worker() {
 
 #[test]
 fn reuseport_says_how_many_inherited_sockets_it_needs() {
-    let port = free_port();
+    let port = unused_port();
     let mut server = activated(port, &["--policy", "reuseport", "--workers", "3"]).spawn();
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     // Trigger the exec (once the tool listens); herd then refuses, and the connection is

@@ -342,10 +342,7 @@ fn connections_waiting_in_the_old_primary_are_passed_to_the_new_one() {
 #[test]
 fn a_socket_activated_primary_upgrades_too() {
     let s = Scratch::new("activated");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port();
+    let port = unused_port();
     let listen = format!("127.0.0.1:{port}");
     let bin = s.bin();
     let pid_file = s.pid_file();

@@ -171,10 +171,7 @@ fn herd_upgrade_on_the_control_socket_waits_for_the_outcome() {
 #[test]
 fn the_metrics_endpoint_moves_to_the_new_primary() {
     let s = Scratch::new("metrics");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port();
+    let port = unused_port();
     let metrics = format!("127.0.0.1:{port}");
     let mut server = s.start(&["--metrics", &metrics]);
     let addr: std::net::SocketAddr = metrics.parse().expect("address");

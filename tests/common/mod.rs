@@ -71,3 +71,31 @@ pub fn wait_idle(pid: u32) {
             .then_some(())
     });
 }
+
+/// Lowest port a test hands out with [`unused_port`].
+const FIRST_FIXED_PORT: u16 = 10_000;
+
+/// A port on 127.0.0.1 that nothing listens on now, for a test whose server is told its port
+/// in advance (socket activation, HAProxy, a metrics address). It lies below the kernel's
+/// ephemeral range, so neither a client's connection (its source port) nor a server bound to
+/// port 0 can take it between this check and the bind: a port merely bound and released
+/// (`bind(":0")`) was taken that way once by another test's load. Ports are handed out in
+/// turn, from a start that differs per test process.
+pub fn unused_port() -> u16 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768)
+        .max(FIRST_FIXED_PORT + 1_000);
+    let span = u32::from(low - FIRST_FIXED_PORT);
+    let start = std::process::id() * 97;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = FIRST_FIXED_PORT + (start.wrapping_add(n) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between {FIRST_FIXED_PORT} and {low}");
+}
