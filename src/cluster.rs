@@ -347,7 +347,9 @@ impl Cluster {
         Ok(Events::new(self.bind()?, queue))
     }
 
-    fn into_config(self) -> Result<(primary::Config, Option<primary::EventHook>), Error> {
+    pub(crate) fn into_config(
+        self,
+    ) -> Result<(primary::Config, Option<primary::EventHook>), Error> {
         if self.workers == 0 {
             return Err(Error::Config("workers must be at least 1".into()));
         }
