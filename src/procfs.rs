@@ -18,6 +18,8 @@ pub struct Stat {
     pub cpu_ticks: u64,
     /// Resident set size, in pages.
     pub rss_pages: u64,
+    /// Scheduling policy, as `sched(7)` numbers it (`0` `SCHED_OTHER`, `3` `SCHED_BATCH`, ...).
+    pub policy: u32,
 }
 
 impl Stat {
@@ -34,12 +36,13 @@ impl Stat {
         let f: Vec<&str> = rest.split_whitespace().collect();
         let num = |i: usize| f.get(i)?.parse::<u64>().ok();
         // Counting from the state (field 3 of proc(5)) as index 0: ppid 4, utime 14, stime 15,
-        // rss 24.
+        // rss 24, policy 41.
         Some(Stat {
             state: f.first()?.chars().next()?,
             ppid: f.get(1)?.parse().ok()?,
             cpu_ticks: num(11)? + num(12)?,
             rss_pages: num(21)?,
+            policy: f.get(38)?.parse().ok()?,
         })
     }
 
@@ -115,8 +118,8 @@ mod tests {
                     18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0";
         let s = Stat::parse(line).unwrap();
         assert_eq!(
-            (s.state, s.ppid, s.cpu_ticks, s.rss_pages),
-            ('S', 7, 42, 250)
+            (s.state, s.ppid, s.cpu_ticks, s.rss_pages, s.policy),
+            ('S', 7, 42, 250, 0)
         );
         assert_eq!(s.cpu(), Duration::from_millis(420));
     }

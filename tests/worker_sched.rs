@@ -10,15 +10,11 @@ use nix::sys::signal::Signal;
 const SCHED_OTHER: u32 = 0;
 const SCHED_BATCH: u32 = 3;
 
-/// The scheduling policy of `pid` (field 41 of `/proc/<pid>/stat`).
+/// The scheduling policy of `pid`.
 fn sched_policy(pid: u32) -> u32 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read stat");
-    // Fields after the command name (which may hold spaces) start at field 3.
-    let rest = &stat[stat.rfind(')').expect("stat has a command") + 2..];
-    rest.split(' ')
-        .nth(41 - 3)
-        .and_then(|f| f.parse().ok())
-        .expect("stat has a policy field")
+    herd::procfs::Stat::read(pid)
+        .expect("a live process")
+        .policy
 }
 
 #[test]
